@@ -1,0 +1,1 @@
+"""From a resolved job to an image: templates, rendering, the BuildKit CLI, base images."""

@@ -1,0 +1,268 @@
+"""The docker CLI, driving BuildKit: the only module of bake that runs a subprocess of it.
+
+Plan, then execute: :func:`plan_build` computes the argv and environment (pure,
+tested without Docker); :func:`run_build` runs it with a deadline, streams its
+plain progress, and on timeout or interruption cancels the build so that nothing
+is tagged and nothing is left running.
+
+Why the CLI and not the Engine API: the API's BuildKit session (secrets, the
+context upload) is spoken by the CLI; re-implementing it is not worth it.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from ..errors import EngineError, SetupError, SetupTimeout
+
+__all__ = [
+    "PROXY_ARGS",
+    "BuildPlan",
+    "DockerCLI",
+    "find_cli",
+    "plan_build",
+    "run_build",
+]
+
+# Docker's predefined proxy build args: they reach RUN steps as environment
+# variables but, unlike ARG/ENV, never the image's history or config, and
+# BuildKit leaves them out of its cache keys (the proxy's port changes per build).
+PROXY_ARGS = (
+    "HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy",
+    "FTP_PROXY", "ftp_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy",
+)
+_CANCEL_GRACE = 15.0
+
+
+@dataclass(frozen=True)
+class DockerCLI:
+    """A BuildKit-capable way to run ``docker build``."""
+
+    argv: tuple[str, ...]  # ("docker", "buildx", "build") or ("/usr/bin/docker", "build")
+    env: tuple[tuple[str, str], ...] = ()
+    version: str = ""
+    path: str = ""
+
+    def describe(self) -> str:
+        return f"{' '.join(self.argv)} (docker {self.version} at {self.path})"
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    argv: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=dict)
+    iidfile: Path = Path()
+
+
+def _client_version(path: str) -> str | None:
+    try:
+        out = subprocess.run(
+            [path, "version", "--format", "{{.Client.Version}}"],
+            capture_output=True, text=True, timeout=20, check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    version = out.stdout.strip()
+    return version or None
+
+
+def _has_buildx(path: str) -> bool:
+    try:
+        out = subprocess.run([path, "buildx", "version"], capture_output=True, timeout=20,
+                             check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.returncode == 0
+
+
+def _major(version: str) -> int:
+    head = version.split(".", 1)[0]
+    return int(head) if head.isdigit() else 0
+
+
+def _candidates(configured: str) -> list[str]:
+    if configured:
+        return [configured]
+    found: list[str] = []
+    for folder in os.environ.get("PATH", "").split(os.pathsep) + ["/usr/bin", "/usr/local/bin"]:
+        path = os.path.join(folder, "docker")
+        if os.access(path, os.X_OK) and os.path.realpath(path) not in map(os.path.realpath, found):
+            found.append(path)
+    return found
+
+
+@lru_cache(maxsize=4)
+def find_cli(configured: str = "") -> DockerCLI:
+    """``docker buildx build`` where buildx exists, else a classic CLI < 23 with DOCKER_BUILDKIT=1."""
+    seen: list[str] = []
+    for path in _candidates(configured):
+        version = _client_version(path)
+        if version is None:
+            seen.append(f"{path} (does not run)")
+            continue
+        if _has_buildx(path):
+            return DockerCLI((path, "buildx", "build", "--load"), (), version, path)
+        if _major(version) < 23:
+            # Before 23 the classic builder is the default; DOCKER_BUILDKIT=1 makes the
+            # CLI speak BuildKit to the engine's built-in builder.
+            return DockerCLI((path, "build"), (("DOCKER_BUILDKIT", "1"),), version, path)
+        seen.append(f"docker {version} at {path} has no buildx plugin")
+    where = "; ".join(seen) if seen else "no docker CLI on PATH"
+    raise EngineError(
+        f"no BuildKit-capable docker CLI found ({where})",
+        hint="install the buildx plugin, or Debian's docker.io (its /usr/bin/docker uses "
+        "BuildKit), or set build.docker_cli in the seller config",
+    )
+
+
+def plan_build(
+    cli: DockerCLI,
+    context: Path,
+    *,
+    iidfile: Path,
+    labels: Mapping[str, str],
+    proxy_url: str | None,
+    no_network: bool,
+    secrets: Mapping[str, Path],
+    no_cache: bool = False,
+    target: str | None = None,
+) -> BuildPlan:
+    """The argv and environment of one build.  Pure."""
+    argv: list[str] = [*cli.argv, "--progress=plain", "--iidfile", str(iidfile)]
+    # Every predefined proxy arg is set explicitly, empty when there is no proxy, so
+    # the proxies in the seller's ~/.docker/config.json can never fill them in.
+    for name in PROXY_ARGS:
+        if name.lower() in ("http_proxy", "https_proxy") and proxy_url:
+            value = proxy_url
+        else:
+            value = ""
+        argv += ["--build-arg", f"{name}={value}"]
+    if no_network:
+        argv.append("--network=none")
+    for key, value in sorted(labels.items()):
+        argv += ["--label", f"{key}={value}"]
+    for name, path in sorted(secrets.items()):
+        argv += ["--secret", f"id={name},src={path}"]
+    if no_cache:
+        argv.append("--no-cache")
+    if target:
+        argv += ["--target", target]
+    argv += ["--file", str(context / "Dockerfile"), str(context)]
+    env = {k: v for k, v in os.environ.items() if k.upper() not in PROXY_ARGS}
+    env.update(dict(cli.env))
+    return BuildPlan(tuple(argv), env, iidfile)
+
+
+def run_build(
+    plan: BuildPlan,
+    *,
+    timeout: float,
+    on_line: Callable[[str], None] = lambda line: None,
+    keep_lines: int = 80,
+) -> str:
+    """Run a planned build; return the image id.  Raises SetupError / SetupTimeout.
+
+    On timeout, KeyboardInterrupt or any exception the CLI is sent SIGINT (it then
+    cancels the solve in BuildKit) and killed if it lingers; the exception goes on.
+    """
+    if not shutil.which(plan.argv[0]) and not os.access(plan.argv[0], os.X_OK):
+        raise EngineError(f"docker CLI {plan.argv[0]} is missing")
+    tail: collections.deque[str] = collections.deque(maxlen=keep_lines)
+    lines: queue.Queue[str | None] = queue.Queue()
+    deadline = time.monotonic() + timeout
+    try:
+        proc = subprocess.Popen(
+            plan.argv,
+            env=dict(plan.env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            # Own session: a terminal's Ctrl-C reaches bake, which then cancels the
+            # build itself and knows that it did.
+            start_new_session=True,
+        )
+    except OSError as exc:
+        raise EngineError(f"cannot run {plan.argv[0]}: {exc.strerror}") from exc
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for raw in iter(proc.stdout.readline, b""):
+            lines.put(raw.decode("utf-8", "replace").rstrip("\n"))
+        lines.put(None)
+
+    reader = threading.Thread(target=pump, name="bake-build-log", daemon=True)
+    reader.start()
+    finished = False
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise SetupTimeout(
+                    f"setup ran past its time limit of {timeout:g} s and was stopped; no image "
+                    "was made",
+                    log_tail="\n".join(tail),
+                    hint="raise egress.setup_timeout in the seller config if the job needs longer",
+                )
+            try:
+                line = lines.get(timeout=min(remaining, 0.5))
+            except queue.Empty:
+                continue
+            if line is None:
+                break
+            tail.append(line)
+            on_line(line)
+        code = proc.wait()
+        finished = True
+    finally:
+        if not finished:
+            _cancel(proc)
+        reader.join(timeout=5)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    if code != 0:
+        raise SetupError(
+            f"the setup build failed (docker exited {code}): {_failure(tail)}",
+            log_tail="\n".join(tail),
+            hint="read the build log above; fix the requirement or step it names",
+        )
+    try:
+        return plan.iidfile.read_text().strip()
+    except OSError as exc:
+        raise SetupError("the build finished but reported no image id") from exc
+
+
+def _cancel(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=_CANCEL_GRACE)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
+
+
+def _failure(tail: Iterable[str]) -> str:
+    """The most telling line of a failed build's log."""
+    lines = list(tail)
+    for line in reversed(lines):
+        text = line.strip()
+        if text.startswith(("ERROR:", "error:", "ERROR ")) or "did not complete successfully" in text:
+            return text.removeprefix("ERROR:").strip()[:300]
+    for line in reversed(lines):
+        if line.strip():
+            return line.strip()[:300]
+    return "no output"

@@ -1,0 +1,106 @@
+"""ResolvedJob -> BuildContext: the Dockerfile (Jinja, StrictUndefined) and its files.  Pure.
+
+The context holds exactly: ``Dockerfile``, ``bake/requirements.txt``,
+``bake/hubfetch.py`` and ``bake/hub/<n>.json`` when the job fetches from the Hub,
+and the job's declared files under ``job/``.  Nothing else of the host is sent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..resolve import ResolvedJob
+from .templates import HUBFETCH
+
+__all__ = ["BuildContext", "ContextFile", "hub_cache_dir", "render"]
+
+HF_HOME = "/opt/hf"
+
+
+@dataclass(frozen=True)
+class ContextFile:
+    path: str  # relative, POSIX
+    data: bytes | None = None
+    source: Path | None = None
+    mode: int = 0o644
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    dockerfile: str
+    files: tuple[ContextFile, ...]
+
+    def write(self, folder: Path) -> Path:
+        """Write the context into an empty ``folder`` and return it."""
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "Dockerfile").write_text(self.dockerfile, encoding="utf-8")
+        (folder / "job").mkdir(exist_ok=True)
+        for item in self.files:
+            target = folder / item.path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if item.data is not None:
+                target.write_bytes(item.data)
+            elif item.source is not None:
+                shutil.copyfile(item.source, target, follow_symlinks=True)
+            os.chmod(target, item.mode)
+        return folder
+
+
+def hub_cache_dir(kind: str, repo: str) -> str:
+    """The Hub cache's folder for a repo: ``models--org--name`` (huggingface_hub's layout)."""
+    return f"{kind}s--" + repo.replace("/", "--")
+
+
+def render(job: ResolvedJob, *, ca_bundle: bool, hub_token: bool = False) -> BuildContext:
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader([str(p) for p in job.template.search_path]),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    spec = job.spec
+    hub = [
+        {
+            "index": i,
+            "kind": r.repo.kind,
+            "repo": r.repo.repo,
+            "commit": r.commit,
+            "cache_dir": hub_cache_dir(r.repo.kind, r.repo.repo),
+        }
+        for i, r in enumerate(job.hub_repos)
+    ]
+    dockerfile = env.get_template(f"{job.template.name}/Dockerfile.j2").render(
+        base=job.base_from,
+        requirements=bool(spec.requirements),
+        only_binary=spec.only_binary,
+        ca_bundle=ca_bundle,
+        hub=hub,
+        hub_token=hub_token,
+        hf_home=HF_HOME,
+    )
+    files: list[ContextFile] = [
+        ContextFile("bake/requirements.txt", "".join(f"{r}\n" for r in spec.requirements).encode())
+    ]
+    if hub:
+        files.append(ContextFile("bake/hubfetch.py", source=HUBFETCH))
+        for entry, resolved in zip(hub, job.hub_repos, strict=True):
+            doc = {
+                "kind": resolved.repo.kind,
+                "repo": resolved.repo.repo,
+                "commit": resolved.commit,
+                "revision": resolved.repo.revision,
+                "include": list(resolved.repo.include),
+                "exclude": list(resolved.repo.exclude),
+            }
+            files.append(ContextFile(f"bake/hub/{entry['index']}.json",
+                                     json.dumps(doc, indent=1).encode()))
+    files.extend(ContextFile(f"job/{f.dest}", source=f.source, mode=f.mode) for f in spec.files)
+    return BuildContext(dockerfile, tuple(files))

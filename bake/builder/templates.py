@@ -1,0 +1,123 @@
+"""Find a template by name and fingerprint its files (no Jinja: this runs on every key).
+
+A template is a folder ``<name>/`` holding ``Dockerfile.j2`` and ``template.toml``.
+bake's own live in ``bake/templates``; the seller's folders (``build.templates``)
+are searched first, so a seller may replace one of ours.  Every template extends
+``_base/Dockerfile.j2`` and the build context carries ``hubfetch.py``, so their
+bytes feed every template's digest too.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, SpecError
+
+__all__ = ["BUILTIN_DIR", "Template", "Variant", "find_template", "list_templates"]
+
+BUILTIN_DIR = Path(__file__).resolve().parent.parent / "templates"
+HUBFETCH = Path(__file__).resolve().parent / "hubfetch.py"
+_SHARED = ("_base",)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A shape of job that ``bake prebake`` bakes ahead of demand."""
+
+    name: str
+    base: str | None
+    requirements: tuple[str, ...]
+    models: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class Template:
+    name: str
+    folder: Path
+    search_path: tuple[Path, ...]
+    default_base: str
+    digest: str
+    description: str = ""
+    variants: tuple[Variant, ...] = field(default=())
+
+
+def _search_path(extra: tuple[str, ...]) -> tuple[Path, ...]:
+    return (*(Path(p) for p in extra), BUILTIN_DIR)
+
+
+def list_templates(extra: tuple[str, ...] = ()) -> list[str]:
+    names: set[str] = set()
+    for folder in _search_path(extra):
+        if folder.is_dir():
+            names.update(p.name for p in folder.iterdir()
+                         if (p / "Dockerfile.j2").is_file() and not p.name.startswith("_"))
+    return sorted(names)
+
+
+def find_template(name: str, extra: tuple[str, ...] = ()) -> Template:
+    search = _search_path(extra)
+    for folder in search:
+        candidate = folder / name
+        if (candidate / "Dockerfile.j2").is_file() and not name.startswith("_"):
+            return _load(name, candidate, search)
+    known = list_templates(extra)
+    close = difflib.get_close_matches(name, known, n=1)
+    raise SpecError(
+        f"unknown template {name!r}",
+        field="template",
+        hint=f"did you mean {close[0]!r}?" if close else f"known templates: {', '.join(known)}",
+    )
+
+
+def _load(name: str, folder: Path, search: tuple[Path, ...]) -> Template:
+    meta_path = folder / "template.toml"
+    try:
+        meta = tomllib.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"template {name!r}: cannot read {meta_path}: {exc}") from None
+    default_base = meta.get("default_base")
+    if not isinstance(default_base, str) or not default_base:
+        raise ConfigError(f"template {name!r}: {meta_path} must set default_base")
+    variants = []
+    for i, entry in enumerate(meta.get("variants", [])):
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise ConfigError(f"template {name!r}: variants[{i}] needs a name")
+        variants.append(Variant(
+            name=entry["name"],
+            base=entry.get("base"),
+            requirements=tuple(entry.get("requirements", [])),
+            models=tuple(entry.get("models", [])),
+        ))
+    return Template(
+        name=name,
+        folder=folder,
+        search_path=search,
+        default_base=default_base,
+        digest=_digest(folder, search),
+        description=str(meta.get("description", "")),
+        variants=tuple(variants),
+    )
+
+
+def _digest(folder: Path, search: tuple[Path, ...]) -> str:
+    """sha256 over the template's files, the shared base template and hubfetch.py."""
+    h = hashlib.sha256()
+    roots = [("template", folder)]
+    for shared in _SHARED:
+        for base in search:
+            if (base / shared).is_dir():
+                roots.append((shared, base / shared))
+                break
+    for label, root in roots:
+        for path in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+            rel = path.relative_to(root).as_posix()
+            h.update(f"{label}/{rel}\0".encode())
+            h.update(hashlib.sha256(path.read_bytes()).digest())
+    if HUBFETCH.is_file():
+        h.update(b"hubfetch.py\0" + hashlib.sha256(HUBFETCH.read_bytes()).digest())
+    return "sha256:" + h.hexdigest()

@@ -1,0 +1,1 @@
+"""The image cache: the key (pure), the local store and the registry."""

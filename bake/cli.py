@@ -1,0 +1,368 @@
+"""The ``bake`` command line: thin.  Commands parse, call the library, hand results to console.
+
+:func:`main` turns every :class:`~bake.errors.BakeError` into its exit code and a
+one- or two-line message; a traceback only with ``--debug`` (and never with
+local variables: tokens live there).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, Optional
+
+import typer
+
+from . import __version__
+from .errors import BakeError, Interrupted, RunError, UsageError
+
+app = typer.Typer(
+    name="bake",
+    help="Bake a job's dependencies into an image, then run it with no network.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+egress_app = typer.Typer(help="Confinement of build steps to bake's egress proxy.",
+                         no_args_is_help=True)
+base_app = typer.Typer(help="Base images made from Debian packages.", no_args_is_help=True)
+app.add_typer(egress_app, name="egress")
+app.add_typer(base_app, name="base")
+
+
+class _State:
+    config: Optional[str] = None
+    debug: bool = False
+
+
+state = _State()
+
+SpecArg = Annotated[Path, typer.Argument(help="bake.toml, or the folder holding it")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"bake {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    config: Annotated[Optional[str], typer.Option("--config", help="Seller config file.",
+                                                  envvar=None)] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version.")] = False,
+) -> None:
+    state.config = config
+    state.debug = debug
+
+
+def _settings(**overrides: Any) -> Any:
+    from .settings import load_settings
+
+    return load_settings(state.config, overrides={k: v for k, v in overrides.items()
+                                                  if v is not None})
+
+
+@app.command()
+def build(
+    spec: SpecArg,
+    json: JsonOpt = False,
+    push: Annotated[Optional[bool], typer.Option("--push/--no-push",
+                                                 help="Push to the registry after building.")]
+    = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Build even on a key hit.")]
+    = False,
+) -> None:
+    """Bake SPEC into an image: a key hit, a registry pull, or one BuildKit build."""
+    from . import console
+    from .pipeline import build as do_build
+
+    with console.ConsoleReporter() as reporter:
+        result = do_build(spec, settings=_settings(), push=push, no_cache=no_cache,
+                          reporter=reporter)
+    if json:
+        console.json_line(result.to_json())
+    else:
+        console.done(result.describe())
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def run(
+    ctx: typer.Context,
+    target: Annotated[str, typer.Argument(help="bake.toml, its folder, or a baked image")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o",
+                                                   help="Folder for what the job writes to /out.")]
+    = None,
+    json: JsonOpt = False,
+) -> None:
+    """Build if needed, then run the job offline and hardened; exit with the job's code.
+
+    Arguments after `--` go to the job's command.
+    """
+    from . import console
+    from .pipeline import run as do_run
+
+    try:
+        with console.ConsoleReporter(quiet=False) as reporter:
+            result = do_run(target, args=list(ctx.args), output=output, settings=_settings(),
+                            reporter=reporter,
+                            # with --json, stdout is bake's one JSON object: the job's goes to stderr
+                            stdout=sys.stderr.buffer if json else None)
+    except Interrupted:
+        raise
+    except BakeError as exc:
+        # `docker run` convention: 125 when the tool fails before the job starts.
+        raise RunError(exc.message, hint=exc.hint) from exc
+    if json:
+        console.json_line({
+            "image": result.image, "exit_code": result.exit_code, "timed_out": result.timed_out,
+            "oom_killed": result.oom_killed, "duration_s": result.duration_s,
+            "output": result.output, "skipped_outputs": list(result.skipped_outputs),
+        })
+    if result.timed_out or result.oom_killed:
+        console.err.print(f"[yellow]bake:[/] the job {result.reason}")
+    raise typer.Exit(124 if result.timed_out else result.exit_code)
+
+
+@app.command()
+def key(
+    spec: SpecArg,
+    explain: Annotated[bool, typer.Option("--explain", help="Print the manifest too.")] = False,
+) -> None:
+    """Print the image key of SPEC (and, with --explain, the manifest it hashes)."""
+    import json as jsonlib
+
+    from .pipeline import key as do_key
+
+    image_key = do_key(spec, settings=_settings())
+    print(image_key.digest)
+    if explain:
+        print(jsonlib.dumps(image_key.manifest, indent=2, sort_keys=True))
+
+
+@app.command()
+def render(
+    spec: SpecArg,
+    out: Annotated[Path, typer.Option("-o", "--out", help="An empty or new folder.")],
+) -> None:
+    """Write the Dockerfile and the exact build context of SPEC into a folder."""
+    from . import console
+    from .pipeline import render_to
+
+    folder = render_to(spec, out, settings=_settings())
+    console.done(f"rendered into {folder}")
+
+
+@app.command()
+def prebake(
+    templates: Annotated[Optional[list[str]], typer.Argument(help="Templates (default: all)")]
+    = None,
+    push: Annotated[bool, typer.Option("--push", help="Push what was baked.")] = False,
+    base: Annotated[Optional[str], typer.Option("--base", help="Use this base image instead.")]
+    = None,
+    json: JsonOpt = False,
+) -> None:
+    """Bake the variants each template declares (CI runs this)."""
+    from . import console
+    from .prebake import prebake as do_prebake
+
+    with console.ConsoleReporter() as reporter:
+        outcomes = do_prebake(templates or [], settings=_settings(), push=push, base=base,
+                              reporter=reporter)
+    if json:
+        console.json_line([o.to_json() for o in outcomes])
+    else:
+        console.table(["template", "variant", "outcome", "image"],
+                      [(o.template, o.variant, o.outcome, o.image or o.error) for o in outcomes])
+    if any(o.outcome == "failed" for o in outcomes):
+        raise typer.Exit(3)
+
+
+@app.command()
+def pull(spec: SpecArg) -> None:
+    """Fetch the image of SPEC from the registry by key, without building."""
+    from . import console
+    from .cache.registry import pull_spec
+
+    with console.ConsoleReporter() as reporter:
+        image = pull_spec(spec, settings=_settings(), reporter=reporter)
+    console.done(f"pulled {image}")
+
+
+@app.command()
+def push(spec: SpecArg) -> None:
+    """Publish the image of SPEC to the registry."""
+    from . import console
+    from .cache.registry import push_spec
+
+    with console.ConsoleReporter() as reporter:
+        image = push_spec(spec, settings=_settings(), reporter=reporter)
+    console.done(f"pushed {image}")
+
+
+@app.command()
+def images(json: JsonOpt = False) -> None:
+    """List baked images."""
+    from . import console
+    from .cache.images import list_images
+
+    found = list_images(settings=_settings())
+    if json:
+        console.json_line([i.to_json() for i in found])
+    else:
+        console.table(["image", "key", "template", "size", "created", "last used"],
+                      [i.row() for i in found])
+
+
+@app.command()
+def prune(
+    older_than: Annotated[Optional[str], typer.Option("--older-than",
+                                                      help="Remove images unused for this long "
+                                                      "(e.g. 7d, 12h).")] = None,
+    keep_size: Annotated[Optional[str], typer.Option("--keep-size",
+                                                     help="Keep at most this much (e.g. 50g).")]
+    = None,
+    json: JsonOpt = False,
+) -> None:
+    """Remove the least recently used baked images; never one in use."""
+    from . import console
+    from .cache.images import prune as do_prune
+
+    report = do_prune(settings=_settings(), older_than=older_than, keep_size=keep_size)
+    if json:
+        console.json_line(report.to_json())
+    else:
+        console.done(report.describe())
+
+
+@egress_app.command("lock")
+def egress_lock() -> None:
+    """Install firewall rules: build steps reach only bake's proxy (root)."""
+    from . import console
+    from .egress import lockdown
+
+    console.done(lockdown.lock())
+
+
+@egress_app.command("unlock")
+def egress_unlock() -> None:
+    """Remove exactly the rules that `bake egress lock` added."""
+    from . import console
+    from .egress import lockdown
+
+    console.done(lockdown.unlock())
+
+
+@egress_app.command("status")
+def egress_status(
+    image: Annotated[Optional[str], typer.Option("--image", help="Image for the canary.")]
+    = None,
+    json: JsonOpt = False,
+) -> None:
+    """Prove the confinement with a canary: direct connections fail, the proxy answers."""
+    from . import console
+    from .egress import lockdown
+
+    proof = lockdown.status(image=image, settings=_settings())
+    if json:
+        console.json_line(proof.to_json())
+    elif proof.enforced:
+        console.done(f"confined: {proof.detail}")
+    else:
+        console.err.print(f"[yellow]not confined:[/] {proof.detail}")
+    if not proof.enforced:
+        raise typer.Exit(5)
+
+
+@app.command()
+def proxy(
+    listen: Annotated[str, typer.Option("--listen", help="HOST:PORT")] = "127.0.0.1:3128",
+    log: Annotated[Optional[Path], typer.Option("--log", help="Egress log (JSON lines).")]
+    = None,
+) -> None:
+    """Run the egress proxy alone, for debugging and benchmarks."""
+    from . import console
+    from .egress.policy import EgressPolicy
+    from .egress.proxy import serve_forever
+
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise UsageError(f"--listen {listen!r} is not HOST:PORT")
+    cfg = _settings()
+    policy = EgressPolicy.from_settings(cfg.egress.allow, cfg.egress.allow_http,
+                                        cfg.egress.allow_cidrs)
+    console.err.print(f"bake proxy on {host}:{port}; Ctrl-C stops it")
+    serve_forever(policy, host=host.strip("[]"), port=int(port), log_path=log)
+
+
+@base_app.command("build")
+def base_build(
+    suite: Annotated[str, typer.Option("--suite", help="Debian suite.")] = "bookworm",
+    tag: Annotated[Optional[str], typer.Option("--tag", help="Image tag.")] = None,
+) -> None:
+    """Make a Python base image from Debian packages (mmdebstrap, docker import)."""
+    from . import console
+    from .builder.base import build_base
+
+    with console.ConsoleReporter() as reporter:
+        image = build_base(suite=suite, tag=tag, reporter=reporter)
+    console.done(f"base image {image}")
+
+
+@app.command()
+def doctor(json: JsonOpt = False) -> None:
+    """Check the engine, BuildKit CLI, confinement, registry and base image."""
+    from . import console
+    from .doctor import run_checks
+
+    checks = run_checks(config=state.config)
+    if json:
+        console.json_line([c.to_json() for c in checks])
+    else:
+        for check in checks:
+            mark = "[green]✓[/]" if check.ok else "[red]✗[/]"
+            console.out.print(f"{mark} {check.name}: {check.detail}")
+            if not check.ok and check.fix:
+                console.out.print(f"    [dim]fix:[/] {check.fix}")
+    if not all(c.ok for c in checks):
+        raise typer.Exit(1)
+
+
+def _on_sigterm(signum: int, frame: Any) -> NoReturn:
+    raise Interrupted(signum)
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    """Entry point: run the app, map errors to exit codes."""
+    from . import console
+
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        code = app(args=args, prog_name="bake", standalone_mode=False)
+    except BakeError as exc:
+        if debug:
+            console.err.print_exception(show_locals=False)
+        console.error(exc)
+        sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
+        exc2 = Interrupted(signal.SIGINT)
+        console.error(exc2)
+        sys.exit(exc2.exit_code)
+    except Exception as exc:  # noqa: BLE001
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(2 if isinstance(exc, click.exceptions.UsageError) else 1)
+        if debug:
+            console.err.print_exception(show_locals=False)
+        console.unexpected(exc)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

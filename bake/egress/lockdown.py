@@ -1,0 +1,259 @@
+"""Host confinement of build steps: firewall rules, and a canary that proves them.
+
+``lock`` puts two chains of bake's own in front of the engine's rules::
+
+    INPUT       -> BAKE-EGRESS-IN:   from the build bridge, only bake's proxy ports
+    DOCKER-USER -> BAKE-EGRESS-FWD:  from the build bridge, nothing is forwarded
+
+REJECT, not DROP, so that a blocked attempt fails at once instead of hanging a
+build step until its own timeout.  ``unlock`` removes exactly those chains and
+jumps.  :func:`prove` shows the state from inside a container on the bridge:
+a direct connection to a host listener must fail and the proxy must answer,
+and the forwarding chain must be in place.
+
+Build steps cannot join a custom network with the engine's built-in BuildKit
+(ENVIRONMENT.md), so the confinement is of the default bridge as a whole.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import BakeError, EgressError, EngineError, UsageError
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+    from .policy import EgressPolicy
+    from .proxy import ProxyLimits, RunningProxy
+
+__all__ = ["PROXY_PORTS", "Proof", "lock", "prove", "start_build_proxy", "status", "unlock"]
+
+# Build proxies listen on one of these ports of the bridge's gateway address;
+# the lock lets the bridge reach exactly this range on the host.
+PROXY_PORTS = range(39100, 39164)
+CHAIN_IN = "BAKE-EGRESS-IN"
+CHAIN_FWD = "BAKE-EGRESS-FWD"
+_CANARY_TIMEOUT = 3.0
+
+
+@dataclass(frozen=True)
+class Proof:
+    enforced: bool
+    detail: str
+    checks: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"enforced": self.enforced, "detail": self.detail, "checks": self.checks}
+
+
+def _bridge_name() -> str:
+    from ..cache.engine import _get
+
+    status_code, data = _get("/networks/bridge")
+    if status_code == 200 and isinstance(data, dict):
+        name = (data.get("Options") or {}).get("com.docker.network.bridge.name")
+        if name:
+            return str(name)
+    return "docker0"
+
+
+def _tables() -> list[str]:
+    found = [t for t in ("iptables", "ip6tables") if shutil.which(t)]
+    if "iptables" not in found:
+        raise UsageError("iptables is not installed",
+                         hint="install it (apt-get install iptables) and run as root")
+    return found
+
+
+def _ipt(table: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([table, "-w", *args], capture_output=True, text=True, check=False)
+    if check and proc.returncode != 0:
+        message = (proc.stderr or proc.stdout).strip().splitlines()
+        reason = message[-1] if message else f"exit {proc.returncode}"
+        hint = "run as root" if "ermission" in reason else None
+        raise BakeError(f"{table} {' '.join(args)} failed: {reason}", hint=hint)
+    return proc
+
+
+def _rules(bridge: str, table: str) -> dict[str, list[list[str]]]:
+    """The rules ``lock`` installs.  Pure."""
+    reject_tcp = ["-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset"]
+    reject_other = ["-j", "REJECT"]
+    ports = f"{PROXY_PORTS.start}:{PROXY_PORTS.stop - 1}"
+    return {
+        CHAIN_IN: [
+            ["-i", bridge, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"],
+            ["-i", bridge, "-p", "tcp", "--dport", ports, "-j", "ACCEPT"],
+            ["-i", bridge, *reject_tcp],
+            ["-i", bridge, *reject_other],
+        ],
+        CHAIN_FWD: [
+            ["-i", bridge, *reject_tcp],
+            ["-i", bridge, *reject_other],
+        ],
+    }
+
+
+_PARENT = {CHAIN_IN: "INPUT", CHAIN_FWD: "DOCKER-USER"}
+
+
+def lock() -> str:
+    bridge = _bridge_name()
+    for table in _tables():
+        for chain, rules in _rules(bridge, table).items():
+            parent = _PARENT[chain]
+            if _ipt(table, "-n", "-L", parent, check=False).returncode != 0:
+                if parent == "DOCKER-USER":
+                    _ipt(table, "-N", parent)
+                    _ipt(table, "-I", "FORWARD", "1", "-j", parent)
+            if _ipt(table, "-n", "-L", chain, check=False).returncode != 0:
+                _ipt(table, "-N", chain)
+            _ipt(table, "-F", chain)
+            for rule in rules:
+                _ipt(table, "-A", chain, *rule)
+            if _ipt(table, "-C", parent, "-j", chain, check=False).returncode != 0:
+                _ipt(table, "-I", parent, "1", "-j", chain)
+    return (f"locked: containers on {bridge} reach only bake's proxy ports "
+            f"{PROXY_PORTS.start}-{PROXY_PORTS.stop - 1} on the host; nothing is forwarded")
+
+
+def unlock() -> str:
+    removed = 0
+    for table in _tables():
+        for chain, parent in _PARENT.items():
+            while _ipt(table, "-D", parent, "-j", chain, check=False).returncode == 0:
+                removed += 1
+            if _ipt(table, "-n", "-L", chain, check=False).returncode == 0:
+                _ipt(table, "-F", chain)
+                _ipt(table, "-X", chain)
+    return "unlocked: bake's egress rules removed" if removed else "was not locked"
+
+
+def _locked_rules_present() -> bool:
+    bridge = _bridge_name()
+    try:
+        for chain, rules in _rules(bridge, "iptables").items():
+            if _ipt("iptables", "-C", _PARENT[chain], "-j", chain, check=False).returncode:
+                return False
+            for rule in rules:
+                if _ipt("iptables", "-C", chain, *rule, check=False).returncode:
+                    return False
+    except (BakeError, OSError):
+        return False
+    return True
+
+
+def start_build_proxy(policy: EgressPolicy, gateway: str, *, log_path: Path | None,
+                      limits: ProxyLimits) -> RunningProxy:
+    """Start a proxy on the bridge gateway, on the first free port of :data:`PROXY_PORTS`."""
+    from .proxy import start_proxy
+
+    last: Exception | None = None
+    for port in PROXY_PORTS:
+        try:
+            return start_proxy(policy, host=gateway, port=port, log_path=log_path, limits=limits)
+        except EgressError as exc:
+            last = exc
+    raise EgressError(
+        f"no free port for the egress proxy on {gateway} ({PROXY_PORTS.start}-"
+        f"{PROXY_PORTS.stop - 1}): {last}",
+        hint="too many builds at once, or another program holds those ports",
+    )
+
+
+_CANARY = r"""
+import json, socket, sys
+gw, direct, proxy = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+def attempt(port, payload=None):
+    s = socket.socket(); s.settimeout(%s)
+    try:
+        s.connect((gw, port))
+        if payload is None:
+            return "connected"
+        s.sendall(payload)
+        return s.recv(64).decode("latin-1")
+    except OSError as exc:
+        return "failed: " + type(exc).__name__
+    finally:
+        s.close()
+print(json.dumps({"direct": attempt(direct),
+                  "proxy": attempt(proxy, b"CONNECT bake-canary.invalid:443 HTTP/1.1\r\n\r\n")}))
+""" % _CANARY_TIMEOUT
+
+
+def prove(image: str, proxy: RunningProxy) -> Proof:
+    """Run the canary in a container on the bridge, next to a live proxy."""
+    from ..cache.store import docker_client
+
+    rules = _locked_rules_present()
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        listener.bind((proxy.host, 0))
+        listener.listen(8)
+        direct_port = listener.getsockname()[1]
+        client = docker_client()
+        import docker.errors
+
+        try:
+            output = client.containers.run(
+                image,
+                ["python3", "-c", _CANARY, proxy.host, str(direct_port), str(proxy.port)],
+                remove=True,
+                network_mode="bridge",
+                cap_drop=["ALL"],
+                security_opt=["no-new-privileges"],
+                user="65534:65534",
+                use_config_proxy=False,
+                stdout=True,
+                stderr=True,
+            )
+        except docker.errors.ContainerError as exc:
+            return Proof(False, f"the canary failed to run in {image}: exit {exc.exit_status}")
+        except docker.errors.APIError as exc:
+            raise EngineError(f"cannot run the egress canary in {image}: "
+                              f"{exc.explanation or exc}") from exc
+    finally:
+        listener.close()
+    try:
+        checks = json.loads(output.decode().strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return Proof(False, "the canary printed nothing readable")
+    checks["forward_rules"] = rules
+    direct_blocked = str(checks.get("direct", "")).startswith("failed")
+    proxy_answers = str(checks.get("proxy", "")).startswith("HTTP/1.")
+    if direct_blocked and proxy_answers and rules:
+        return Proof(True, "direct connections fail, the proxy answers, forwarding is rejected",
+                     checks)
+    why = []
+    if not direct_blocked:
+        why.append("a direct connection from a container to the host succeeded")
+    if not proxy_answers:
+        why.append(f"the proxy did not answer ({checks.get('proxy')})")
+    if not rules:
+        why.append("bake's forwarding rules are not installed")
+    return Proof(False, "; ".join(why), checks)
+
+
+def status(*, image: str | None, settings: Settings) -> Proof:
+    """Prove the host's state with a deny-all proxy and a canary container."""
+    from ..builder.templates import find_template
+    from ..cache.engine import bridge_gateway, inspect_image
+    from .policy import EgressPolicy
+    from .proxy import ProxyLimits
+
+    if image is None:
+        image = find_template("python", settings.build.templates).default_base
+    if inspect_image(image) is None:
+        raise UsageError(f"the canary image {image} is not on this engine",
+                         hint="pass --image with any local image that has python3")
+    gateway = bridge_gateway()
+    policy = EgressPolicy.from_settings([], [], [], own_addresses=[gateway])
+    proxy = start_build_proxy(policy, gateway, log_path=None, limits=ProxyLimits())
+    with proxy:
+        return prove(image, proxy)

@@ -1,0 +1,123 @@
+"""JobSpec -> ResolvedJob: pin what a name alone does not fix.
+
+The base image is pinned to its digest (the registry digest when the engine has
+one, else the local image id), each model's and dataset's branch or tag to its
+commit, each job file to the sha256 of its bytes.  The key is computed from the
+result, so a moved branch or a rebuilt base gives a new key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from .builder.templates import Template, find_template
+from .cache.engine import inspect_image
+from .errors import EngineError, SpecError
+from .reference import parse_image_ref
+from .settings import Settings
+from .spec import HubRepo, JobSpec
+
+__all__ = ["ResolvedJob", "ResolvedRepo", "base_digest", "resolve"]
+
+
+@dataclass(frozen=True)
+class ResolvedRepo:
+    repo: HubRepo
+    commit: str
+
+
+@dataclass(frozen=True)
+class ResolvedJob:
+    spec: JobSpec
+    template: Template
+    base_ref: str  # as the spec or template names it
+    base_from: str  # what the Dockerfile's FROM says: ref@digest when the engine knows one
+    base_digest: str  # "sha256:..."
+    models: tuple[ResolvedRepo, ...]
+    datasets: tuple[ResolvedRepo, ...]
+    file_digests: tuple[str, ...]
+
+    @property
+    def hub_repos(self) -> tuple[ResolvedRepo, ...]:
+        return self.models + self.datasets
+
+
+def resolve(spec: JobSpec, settings: Settings, *, pull_base: bool = True) -> ResolvedJob:
+    template = find_template(spec.template, settings.build.templates)
+    base_ref = spec.base or template.default_base
+    if not settings.base_allowed(base_ref):
+        field = "base" if spec.base else "template"
+        raise SpecError(
+            f"base image {base_ref!r} is not allowed on this host",
+            field=field,
+            hint=f"the seller allows: {', '.join(settings.build.bases) or 'none'}",
+        )
+    base_from, digest = base_digest(base_ref, pull=pull_base)
+    models: tuple[ResolvedRepo, ...] = ()
+    datasets: tuple[ResolvedRepo, ...] = ()
+    if spec.models or spec.datasets:
+        models = tuple(_pin(r, settings) for r in spec.models)
+        datasets = tuple(_pin(r, settings) for r in spec.datasets)
+    return ResolvedJob(
+        spec=spec,
+        template=template,
+        base_ref=base_ref,
+        base_from=base_from,
+        base_digest=digest,
+        models=models,
+        datasets=datasets,
+        file_digests=tuple(_sha256(f.source) for f in spec.files),
+    )
+
+
+def base_digest(ref: str, *, pull: bool = True) -> tuple[str, str]:
+    """(what FROM should say, the digest that feeds the key) for a base image."""
+    info = inspect_image(ref)
+    if info is None and pull:
+        from .cache.store import pull_image
+
+        pull_image(ref)
+        info = inspect_image(ref)
+    if info is None:
+        raise EngineError(
+            f"base image {ref!r} is not on this engine and could not be pulled",
+            hint=f"pull it, or make one from Debian packages: bake base build --tag {ref}",
+        )
+    parsed = parse_image_ref(ref)
+    if parsed.digest:
+        return ref, parsed.digest
+    for repo_digest in info.get("RepoDigests") or []:
+        name, _, digest = repo_digest.partition("@")
+        if name == parsed.repository and digest.startswith("sha256:"):
+            return f"{parsed}@{digest}", digest
+    # An image made here (`bake base build`, `docker import`) has no registry
+    # digest; its id is the digest of its config, which pins it just as well.
+    return ref, str(info["Id"])
+
+
+def _pin(repo: HubRepo, settings: Settings) -> ResolvedRepo:
+    from .hub import resolve_revision
+
+    commit = resolve_revision(
+        repo.kind,
+        repo.repo,
+        repo.revision,
+        endpoint=hub_endpoint(settings),
+        token=os.environ.get("HF_TOKEN") or None,
+    )
+    return ResolvedRepo(repo, commit)
+
+
+def hub_endpoint(settings: Settings) -> str | None:
+    return settings.build.hf_endpoint or os.environ.get("HF_ENDPOINT") or None
+
+
+def _sha256(path: Any) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,308 @@
+"""Run a job from its image: ``--network none``, hardened, limits from ``[run]``.
+
+Plan, then execute: :func:`spec_job` / :func:`image_job` build a frozen
+:class:`RunPlan`; :func:`container_config` turns it into the Engine's container
+settings (pure, unit-tested); :func:`run_job` is the only part that runs.
+Nothing from the seller's environment reaches the job: its environment is the
+image's plus the spec's ``[job].env``, and docker-py's habit of copying the
+client's proxy settings into containers is switched off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import stat
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from .errors import RunError
+from .spec import JobSpec, RunLimits
+
+if TYPE_CHECKING:
+    from .resolve import ResolvedJob
+
+__all__ = ["RunPlan", "RunResult", "container_config", "image_job", "run_job", "spec_job"]
+
+NOBODY = "65534:65534"
+EXIT_TIMEOUT = 124
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    image: str
+    command: tuple[str, ...]
+    env: tuple[tuple[str, str], ...] = ()
+    limits: RunLimits = field(default_factory=RunLimits)
+    output: Path | None = None
+    key: str = ""
+
+
+@dataclass(frozen=True)
+class RunResult:
+    image: str
+    exit_code: int
+    timed_out: bool
+    oom_killed: bool
+    duration_s: float
+    output: str | None = None
+    skipped_outputs: tuple[str, ...] = ()
+    memory_limit: int = 0
+
+    @property
+    def reason(self) -> str:
+        if self.timed_out:
+            return "timed out"
+        if self.oom_killed:
+            return f"killed for using more than its memory limit ({_human(self.memory_limit)})"
+        return f"exited {self.exit_code}"
+
+
+def spec_job(image: str, spec: JobSpec, *, args: Sequence[str] = (),
+             output: Path | None = None) -> RunPlan:
+    return RunPlan(image, tuple(spec.command) + tuple(args), spec.env, spec.run, output,
+                   image.rpartition(":")[2])
+
+
+def image_job(image: str, *, args: Sequence[str] = (), output: Path | None = None) -> RunPlan:
+    """A plan from an image's own labels (``bake run IMAGE``)."""
+    from .cache.engine import inspect_image
+
+    info = inspect_image(image)
+    if info is None:
+        raise RunError(f"no image {image!r} on this engine and no job spec at that path",
+                       hint="pass a bake.toml, its folder, or a baked image (bake images)")
+    labels = (info.get("Config") or {}).get("Labels") or {}
+    try:
+        manifest = json.loads(labels["bake.manifest"])
+        command = tuple(manifest["command"])
+        env = tuple(sorted(manifest.get("env", {}).items()))
+    except (KeyError, ValueError, TypeError):
+        raise RunError(f"{image} is not an image baked by bake (no bake.manifest label)",
+                       hint="bake run takes a job spec or an image that bake built") from None
+    return RunPlan(image, command + tuple(args), env, RunLimits(), output,
+                   str(labels.get("bake.key", "")))
+
+
+def container_config(plan: RunPlan, *, user: str, out_dir: str | None) -> dict[str, Any]:
+    """The Engine's settings for the job's container.  Pure."""
+    limits = plan.limits
+    config: dict[str, Any] = {
+        "image": plan.image,
+        "command": list(plan.command),
+        "environment": dict(plan.env),
+        "network_mode": "none",
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        "read_only": True,
+        "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={limits.tmp}"},
+        "pids_limit": limits.pids,
+        "mem_limit": limits.memory,
+        "memswap_limit": limits.memory,  # no swap beyond the memory limit
+        "nano_cpus": int(limits.cpus * 1e9),
+        "shm_size": limits.shm,
+        "ipc_mode": "private",
+        "user": user,
+        "labels": {"bake.job": plan.key or "unknown"},
+        "detach": True,
+        "stdin_open": False,
+        "tty": False,
+        # docker-py copies ~/.docker/config.json proxies into the container's env by default.
+        "use_config_proxy": False,
+        "volumes": {out_dir: {"bind": "/out", "mode": "rw"}} if out_dir else {},
+    }
+    if limits.gpus:
+        from docker.types import DeviceRequest
+
+        if limits.gpus == "all":
+            config["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
+        else:
+            ids = limits.gpus.removeprefix("device=").split(",")
+            config["device_requests"] = [DeviceRequest(device_ids=ids, capabilities=[["gpu"]])]
+    return config
+
+
+def job_user(image_user: str) -> str:
+    """The image's own user when it is not root, else nobody."""
+    user = (image_user or "").strip()
+    if not user or user.split(":")[0] in ("root", "0"):
+        return NOBODY
+    return user
+
+
+def run_job(
+    plan: RunPlan,
+    *,
+    stream: bool = True,
+    stdout: IO[bytes] | None = None,
+    stderr: IO[bytes] | None = None,
+) -> RunResult:
+    """Run the planned job to its end; always removes the container."""
+    import docker.errors
+    import requests.exceptions
+
+    from .cache.store import docker_client
+
+    client = docker_client()
+    try:
+        info = client.api.inspect_image(plan.image)
+    except docker.errors.ImageNotFound:
+        raise RunError(f"image {plan.image} is not on this engine") from None
+    user = job_user((info.get("Config") or {}).get("User", ""))
+    staging = _staging(user) if plan.output is not None else None
+    started = time.monotonic()
+    container = None
+    out_stream = stdout if stdout is not None else _stdbuffer("stdout")
+    err_stream = stderr if stderr is not None else _stdbuffer("stderr")
+    try:
+        try:
+            container = client.containers.create(
+                **container_config(plan, user=user, out_dir=str(staging) if staging else None)
+            )
+            container.start()
+        except docker.errors.APIError as exc:
+            raise RunError(f"cannot start the job's container: {exc.explanation or exc}") from exc
+        pumps = []
+        if stream:
+            for which, sink in (("stdout", out_stream), ("stderr", err_stream)):
+                t = threading.Thread(target=_pump, args=(container, which, sink), daemon=True)
+                t.start()
+                pumps.append(t)
+        timed_out = False
+        try:
+            status = container.wait(timeout=plan.limits.timeout)
+            code = int(status.get("StatusCode", 1))
+        except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+            timed_out = True
+            with contextlib.suppress(docker.errors.APIError):
+                container.kill()
+            code = EXIT_TIMEOUT
+        for t in pumps:
+            t.join(timeout=10)
+        state = client.api.inspect_container(container.id)["State"]
+        oom = bool(state.get("OOMKilled"))
+        skipped: tuple[str, ...] = ()
+        if staging is not None and plan.output is not None:
+            skipped = collect_output(staging, plan.output)
+        return RunResult(
+            image=plan.image,
+            exit_code=code,
+            timed_out=timed_out,
+            oom_killed=oom,
+            duration_s=round(time.monotonic() - started, 3),
+            output=str(plan.output) if plan.output else None,
+            skipped_outputs=skipped,
+            memory_limit=plan.limits.memory,
+        )
+    finally:
+        if container is not None:
+            with contextlib.suppress(docker.errors.APIError, requests.exceptions.RequestException):
+                container.remove(force=True)
+        if staging is not None:
+            shutil.rmtree(staging.parent, ignore_errors=True)
+
+
+def _stdbuffer(name: str) -> IO[bytes]:
+    import sys
+
+    return getattr(sys, name).buffer  # type: ignore[no-any-return]
+
+
+def _pump(container: Any, which: str, sink: IO[bytes]) -> None:
+    try:
+        for chunk in container.logs(stream=True, follow=True, stdout=which == "stdout",
+                                    stderr=which == "stderr"):
+            sink.write(chunk)
+            sink.flush()
+    except Exception:  # noqa: BLE001 - the container may vanish under us; output is best effort
+        return
+
+
+def _staging(user: str) -> Path:
+    """A fresh folder for /out, owned by the job's user, outside any folder the caller named."""
+    from .settings import state_dir
+
+    root = state_dir() / "runs"
+    root.mkdir(parents=True, exist_ok=True)
+    holder = Path(tempfile.mkdtemp(prefix="run-", dir=root))
+    out = holder / "out"
+    out.mkdir()
+    uid, _, gid = user.partition(":")
+    if uid.isdigit():
+        os.chown(out, int(uid), int(gid) if gid.isdigit() else int(uid))
+    else:
+        os.chmod(out, 0o777)
+    return out
+
+
+def collect_output(staging: Path, dest: Path) -> tuple[str, ...]:
+    """Copy what the job wrote into ``dest``: regular files and folders only.
+
+    Symlinks, devices and fifos are skipped (and named), so a job cannot make
+    the host follow a link out of its output folder.
+    """
+    skipped: list[str] = []
+    dest.mkdir(parents=True, exist_ok=True)
+    for root, dirs, files in os.walk(staging, followlinks=False):
+        rel_root = Path(root).relative_to(staging)
+        target_root = dest / rel_root
+        for name in list(dirs):
+            src = Path(root) / name
+            if src.is_symlink():
+                skipped.append(str(rel_root / name))
+                dirs.remove(name)
+                continue
+            (target_root / name).mkdir(exist_ok=True)
+        for name in files:
+            src = Path(root) / name
+            st = os.lstat(src)
+            if not stat.S_ISREG(st.st_mode):
+                skipped.append(str(rel_root / name))
+                continue
+            target = target_root / name
+            if target.is_symlink():
+                target.unlink()
+            fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
+            with os.fdopen(fd, "rb") as fin, open(target, "wb") as fout:
+                shutil.copyfileobj(fin, fout, 1 << 20)
+            os.chmod(target, st.st_mode & 0o755)
+    return tuple(skipped)
+
+
+def self_check(image_id: str, job: ResolvedJob) -> None:
+    """Check, offline, that every declared model and dataset file loads from the image."""
+    plan = RunPlan(
+        image=image_id,
+        command=("/opt/bake/fetch/bin/python", "/opt/bake/hubfetch.py", "check",
+                 *(f"/opt/bake/hub/{i}.json" for i in range(len(job.hub_repos)))),
+        limits=RunLimits(timeout=600),
+    )
+    from io import BytesIO
+
+    sink = BytesIO()
+    result = run_job(plan, stdout=sink, stderr=sink)
+    if result.exit_code != 0:
+        from .errors import SetupError
+
+        tail = sink.getvalue().decode("utf-8", "replace").strip().splitlines()[-5:]
+        raise SetupError(
+            "the offline self-check of the baked models and datasets failed: "
+            + (" / ".join(tail) or f"exit {result.exit_code}"),
+            hint="check the repo's include patterns and that the files load",
+        )
+
+
+def _human(size: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if size >= 1 << shift:
+            return f"{size / (1 << shift):g} {unit}"
+    return f"{size} B"
+
+

@@ -1,0 +1,436 @@
+"""``bake.toml`` -> :class:`JobSpec`: strict, frozen, every error names its field.
+
+Nothing a buyer writes is trusted: requirement lines are parsed as PEP 508 and
+refused if they carry pip options or URLs; paths may not leave the spec's folder
+(symlinks included); repo ids, revisions and image references must be plain
+words of their grammar.  A bad spec raises :class:`~bake.errors.SpecError`
+(exit 2) with a close-match suggestion for typos.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+from .errors import SpecError
+from .reference import parse_image_ref
+
+__all__ = [
+    "HubRepo",
+    "JobFile",
+    "JobSpec",
+    "RunLimits",
+    "load_spec",
+    "parse_requirement",
+    "parse_spec",
+]
+
+MAX_SPEC_BYTES = 1 << 20
+MAX_JOB_BYTES = 512 << 20
+MAX_JOB_FILES = 10_000
+MAX_TEXT = 4096
+MAX_REQUIREMENTS = 1000
+
+_WORD = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}", re.ASCII)
+_REPO_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
+_REPO_ID = re.compile(rf"{_REPO_PART}(?:/{_REPO_PART})?", re.ASCII)
+_REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,199}", re.ASCII)
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}", re.ASCII)
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?", re.ASCII | re.IGNORECASE)
+_DURATION = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s?)?", re.ASCII)
+_GPUS = re.compile(r"|all|device=\d+(?:,\d+)*", re.ASCII)
+_PATTERN = re.compile(r"[^\x00-\x1f\x7f]{1,256}")
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+@dataclass(frozen=True)
+class HubRepo:
+    """A model or dataset to fetch from the Hub during setup."""
+
+    kind: Literal["model", "dataset"]
+    repo: str
+    revision: str = "main"
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class JobFile:
+    """One file the build sees: ``dest`` under ``/job``, ``source`` on the host."""
+
+    dest: str
+    source: Path
+    mode: int
+
+
+@dataclass(frozen=True)
+class RunLimits:
+    memory: int = 4 << 30
+    cpus: float = 2.0
+    pids: int = 512
+    gpus: str = ""
+    timeout: int = 2 * 3600
+    shm: int = 64 << 20
+    tmp: int = 256 << 20
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    name: str
+    template: str
+    base: str | None
+    requirements: tuple[str, ...]
+    only_binary: bool
+    models: tuple[HubRepo, ...]
+    datasets: tuple[HubRepo, ...]
+    files: tuple[JobFile, ...]
+    command: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+    run: RunLimits = field(default_factory=RunLimits)
+    root: Path = Path(".")
+    path: Path = Path("bake.toml")
+
+
+# The schema: every table's keys and a checker for each.  Unknown keys are errors.
+_TOP = ("name", "template", "base", "python", "models", "datasets", "job", "run")
+_PYTHON = ("requirements", "requirements_file", "only_binary")
+_HUB = ("repo", "revision", "include", "exclude")
+_JOB = ("files", "command", "env")
+_RUN = ("memory", "cpus", "pids", "gpus", "timeout", "shm", "tmp")
+
+
+def load_spec(path: str | Path) -> JobSpec:
+    """Read and check a job spec; ``path`` may name the file or its folder."""
+    spec_path = Path(path)
+    if spec_path.is_dir():
+        spec_path = spec_path / "bake.toml"
+    try:
+        raw = spec_path.read_bytes()
+    except FileNotFoundError:
+        raise SpecError(
+            f"no job spec at {spec_path}", hint="pass the path of a bake.toml or its folder"
+        ) from None
+    except OSError as exc:
+        raise SpecError(f"cannot read {spec_path}: {exc.strerror}") from None
+    if len(raw) > MAX_SPEC_BYTES:
+        raise SpecError(f"larger than {MAX_SPEC_BYTES >> 10} KiB", path=str(spec_path))
+    try:
+        text = raw.decode("utf-8")
+        data = tomllib.loads(text)
+    except UnicodeDecodeError:
+        raise SpecError("not UTF-8 text", path=str(spec_path)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"not valid TOML: {exc}", path=str(spec_path)) from None
+    return parse_spec(data, root=spec_path.resolve().parent, path=spec_path)
+
+
+def parse_spec(data: Mapping[str, Any], *, root: Path, path: Path | None = None) -> JobSpec:
+    """Check a parsed TOML document against the schema."""
+    where = str(path) if path else None
+    try:
+        return _Parser(root, where).spec(data, path or root / "bake.toml")
+    except SpecError as exc:
+        if exc.path is None and where:
+            raise SpecError(exc.detail, field=exc.field, path=where, hint=exc.hint) from None
+        raise
+
+
+def parse_requirement(line: str, *, field: str = "python.requirements") -> str:
+    """One PEP 508 requirement, normalised; pip options, URLs and paths are refused."""
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+
+    if not isinstance(line, str):
+        raise SpecError("must be a string", field=field)
+    if any(ch in line for ch in "\r\n\x00\x0b\x0c") or not line.isprintable():
+        raise SpecError("a requirement is one line of printable text", field=field)
+    text = line.strip()
+    if not text:
+        raise SpecError("empty requirement", field=field)
+    if len(text) > 512:
+        raise SpecError("a requirement is at most 512 characters", field=field)
+    if text.startswith("-"):
+        raise SpecError(
+            f"pip options are not allowed ({text.split()[0]!r})",
+            field=field,
+            hint="list plain PEP 508 requirements such as 'numpy==2.1.3'; the index is the seller's",
+        )
+    lowered = text.lower()
+    for marker in ("git+", "hg+", "svn+", "bzr+", "file:", "://"):
+        if marker in lowered:
+            raise SpecError(
+                f"URLs and paths are not allowed in requirements ({text!r})",
+                field=field,
+                hint="name a package and version from the index, e.g. 'requests==2.32.3'",
+            )
+    try:
+        req = Requirement(text)
+    except InvalidRequirement as exc:
+        raise SpecError(f"not a PEP 508 requirement: {exc}", field=field) from None
+    if req.url:
+        raise SpecError(f"direct references ('@ URL') are not allowed ({text!r})", field=field)
+    req.name = canonicalize_name(req.name)
+    return str(req)
+
+
+class _Parser:
+    def __init__(self, root: Path, where: str | None) -> None:
+        self.root = root
+        self.where = where
+
+    def spec(self, data: Mapping[str, Any], path: Path) -> JobSpec:
+        _keys(data, _TOP, "")
+        name = _text(data.get("name", ""), "name", limit=128)
+        template = data.get("template", "python")
+        if not isinstance(template, str) or not _WORD.fullmatch(template):
+            raise SpecError(
+                "must be a template name such as 'python' or 'transformers'", field="template"
+            )
+        base = data.get("base")
+        if base is not None:
+            if not isinstance(base, str):
+                raise SpecError("must be an image reference string", field="base")
+            try:
+                parse_image_ref(base)
+            except ValueError as exc:
+                raise SpecError(str(exc), field="base") from None
+
+        python = _table(data.get("python", {}), "python")
+        _keys(python, _PYTHON, "python")
+        requirements = self.requirements(python)
+        only_binary = python.get("only_binary", True)
+        if not isinstance(only_binary, bool):
+            raise SpecError("must be true or false", field="python.only_binary")
+
+        models = tuple(self.hub(entry, "model", f"models[{i}]")
+                       for i, entry in enumerate(_array(data.get("models", []), "models")))
+        datasets = tuple(self.hub(entry, "dataset", f"datasets[{i}]")
+                         for i, entry in enumerate(_array(data.get("datasets", []), "datasets")))
+
+        job = _table(data.get("job", {}), "job")
+        _keys(job, _JOB, "job")
+        files = self.files(job.get("files", []))
+        command = job.get("command")
+        if command is None:
+            raise SpecError("missing: the command that runs the job, e.g. [\"python\", \"main.py\"]",
+                            field="job.command")
+        if (not isinstance(command, list) or not command
+                or not all(isinstance(c, str) for c in command)):
+            raise SpecError("must be a non-empty list of strings", field="job.command")
+        for i, arg in enumerate(command):
+            _text(arg, f"job.command[{i}]", allow_empty=i > 0)
+        env_table = _table(job.get("env", {}), "job.env")
+        env: list[tuple[str, str]] = []
+        for key, value in env_table.items():
+            if not _ENV_NAME.fullmatch(key):
+                raise SpecError("not a valid environment variable name", field=f"job.env.{key}")
+            env.append((key, _text(value, f"job.env.{key}", allow_empty=True)))
+
+        run = self.run(_table(data.get("run", {}), "run"))
+        return JobSpec(
+            name=name,
+            template=template,
+            base=base,
+            requirements=requirements,
+            only_binary=only_binary,
+            models=models,
+            datasets=datasets,
+            files=files,
+            command=tuple(command),
+            env=tuple(sorted(env)),
+            run=run,
+            root=self.root,
+            path=path,
+        )
+
+    def requirements(self, python: Mapping[str, Any]) -> tuple[str, ...]:
+        lines = python.get("requirements", [])
+        if not isinstance(lines, list):
+            raise SpecError("must be a list of strings", field="python.requirements")
+        found = [parse_requirement(line, field=f"python.requirements[{i}]")
+                 for i, line in enumerate(lines)]
+        req_file = python.get("requirements_file")
+        if req_file is not None:
+            source = self.inside(req_file, "python.requirements_file")
+            if not source.is_file():
+                raise SpecError(f"{req_file} is not a file", field="python.requirements_file")
+            try:
+                text = source.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):
+                raise SpecError(f"cannot read {req_file} as UTF-8 text",
+                                field="python.requirements_file") from None
+            for number, raw in enumerate(text.splitlines(), start=1):
+                line = raw.split(" #", 1)[0].strip()
+                if not line or line.startswith("#"):
+                    continue
+                found.append(parse_requirement(line, field=f"{req_file}:{number}"))
+        if len(found) > MAX_REQUIREMENTS:
+            raise SpecError(f"at most {MAX_REQUIREMENTS} requirements", field="python.requirements")
+        return tuple(sorted(set(found)))
+
+    def hub(self, entry: Any, kind: Literal["model", "dataset"], where: str) -> HubRepo:
+        table = _table(entry, where)
+        _keys(table, _HUB, where)
+        repo = table.get("repo")
+        if not isinstance(repo, str) or not _REPO_ID.fullmatch(repo) or ".." in repo or "--" in repo:
+            raise SpecError(
+                f"must be a Hub repo id such as 'org/name', not {repo!r}",
+                field=f"{where}.repo",
+            )
+        revision = table.get("revision", "main")
+        if (not isinstance(revision, str) or not _REVISION.fullmatch(revision)
+                or ".." in revision or revision.endswith("/")):
+            raise SpecError(
+                f"must be a branch, tag or commit, not {revision!r}", field=f"{where}.revision"
+            )
+        patterns: dict[str, tuple[str, ...]] = {}
+        for key in ("include", "exclude"):
+            values = table.get(key, [])
+            if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+                raise SpecError("must be a list of glob patterns", field=f"{where}.{key}")
+            for i, value in enumerate(values):
+                if not _PATTERN.fullmatch(value):
+                    raise SpecError("a pattern is 1-256 printable characters",
+                                    field=f"{where}.{key}[{i}]")
+            patterns[key] = tuple(sorted(set(values)))
+        return HubRepo(kind, repo, revision, patterns["include"], patterns["exclude"])
+
+    def inside(self, value: Any, field_name: str) -> Path:
+        """Resolve a spec-relative path, refusing anything that leaves the spec's folder."""
+        if not isinstance(value, str) or not value or "\x00" in value:
+            raise SpecError("must be a relative path", field=field_name)
+        pure = PurePosixPath(value)
+        if pure.is_absolute() or value.startswith("~"):
+            raise SpecError(f"{value!r} is absolute; paths are relative to the spec's folder",
+                            field=field_name)
+        if ".." in pure.parts:
+            raise SpecError(f"{value!r} leaves the spec's folder", field=field_name)
+        candidate = self.root / pure
+        resolved = candidate.resolve()
+        if resolved != self.root and self.root not in resolved.parents:
+            raise SpecError(f"{value!r} points outside the spec's folder (a symlink?)",
+                            field=field_name)
+        if not candidate.exists():
+            raise SpecError(f"{value!r} does not exist", field=field_name)
+        return candidate
+
+    def files(self, value: Any) -> tuple[JobFile, ...]:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise SpecError("must be a list of relative paths", field="job.files")
+        found: dict[str, JobFile] = {}
+        total = 0
+        for i, entry in enumerate(value):
+            where = f"job.files[{i}]"
+            source = self.inside(entry, where)
+            walk = sorted(source.rglob("*")) if source.is_dir() else [source]
+            for item in walk:
+                if item.is_symlink():
+                    target = item.resolve()
+                    if self.root not in target.parents:
+                        raise SpecError(f"{item.relative_to(self.root)} is a symlink out of "
+                                        "the spec's folder", field=where)
+                if item.is_dir():
+                    continue
+                if not item.is_file():
+                    raise SpecError(f"{item.relative_to(self.root)} is not a regular file",
+                                    field=where)
+                dest = item.relative_to(self.root).as_posix()
+                stat = item.stat()
+                total += stat.st_size
+                mode = 0o755 if stat.st_mode & 0o111 else 0o644
+                found[dest] = JobFile(dest, item, mode)
+        if len(found) > MAX_JOB_FILES:
+            raise SpecError(f"more than {MAX_JOB_FILES} files", field="job.files")
+        if total > MAX_JOB_BYTES:
+            raise SpecError(f"job files total {total >> 20} MiB, more than {MAX_JOB_BYTES >> 20} "
+                            "MiB", field="job.files", hint="ship data as a [[datasets]] entry")
+        return tuple(found[k] for k in sorted(found))
+
+    def run(self, table: Mapping[str, Any]) -> RunLimits:
+        _keys(table, _RUN, "run")
+        defaults = RunLimits()
+        cpus = table.get("cpus", defaults.cpus)
+        if (isinstance(cpus, bool) or not isinstance(cpus, (int, float)) or not math.isfinite(cpus)
+                or not 0 < cpus <= 1024):
+            raise SpecError("must be a number of CPUs greater than 0", field="run.cpus")
+        pids = table.get("pids", defaults.pids)
+        if isinstance(pids, bool) or not isinstance(pids, int) or not 16 <= pids <= 1_000_000:
+            raise SpecError("must be a whole number from 16 to 1000000", field="run.pids")
+        gpus = table.get("gpus", defaults.gpus)
+        if not isinstance(gpus, str) or not _GPUS.fullmatch(gpus):
+            raise SpecError("must be \"\", \"all\" or \"device=0,1\"", field="run.gpus")
+        return RunLimits(
+            memory=_size(table.get("memory", defaults.memory), "run.memory", minimum=6 << 20),
+            cpus=float(cpus),
+            pids=pids,
+            gpus=gpus,
+            timeout=_duration(table.get("timeout", defaults.timeout), "run.timeout"),
+            shm=_size(table.get("shm", defaults.shm), "run.shm", minimum=1 << 20),
+            tmp=_size(table.get("tmp", defaults.tmp), "run.tmp", minimum=1 << 20),
+        )
+
+
+def _keys(table: Mapping[str, Any], allowed: tuple[str, ...], section: str) -> None:
+    for key in table:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"allowed: {', '.join(allowed)}"
+            name = f"{section}.{key}" if section else key
+            raise SpecError("unknown key", field=name, hint=hint)
+
+
+def _table(value: Any, field_name: str) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise SpecError("must be a table", field=field_name)
+    return value
+
+
+def _array(value: Any, field_name: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise SpecError(f"must be an array of tables ([[{field_name}]])", field=field_name)
+    return value
+
+
+def _text(value: Any, field_name: str, *, limit: int = MAX_TEXT, allow_empty: bool = True) -> str:
+    if not isinstance(value, str):
+        raise SpecError("must be a string", field=field_name)
+    if "\x00" in value:
+        raise SpecError("must not contain NUL characters", field=field_name)
+    if len(value) > limit:
+        raise SpecError(f"at most {limit} characters", field=field_name)
+    if not allow_empty and not value:
+        raise SpecError("must not be empty", field=field_name)
+    return value
+
+
+def _size(value: Any, field_name: str, *, minimum: int) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and (match := _SIZE.fullmatch(value.strip())):
+        number = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    else:
+        raise SpecError(f"must be a size such as \"512m\" or \"8g\", not {value!r}",
+                        field=field_name)
+    if not minimum <= number <= 1 << 50:
+        raise SpecError(f"must be at least {minimum >> 20} MiB", field=field_name)
+    return number
+
+
+def _duration(value: Any, field_name: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        seconds = value
+    elif isinstance(value, str) and value and (match := _DURATION.fullmatch(value.strip())):
+        h, m, s = (int(g) if g else 0 for g in match.groups())
+        seconds = h * 3600 + m * 60 + s
+    else:
+        raise SpecError(f"must be a duration such as \"90s\", \"30m\" or \"2h\", not {value!r}",
+                        field=field_name)
+    if not 1 <= seconds <= 7 * 24 * 3600:
+        raise SpecError("must be between 1 second and 7 days", field=field_name)
+    return seconds
