@@ -135,7 +135,7 @@ def unlock() -> str:
     return "unlocked: bake's egress rules removed" if removed else "was not locked"
 
 
-def _locked_rules_present() -> bool:
+def locked_rules_present() -> bool:
     bridge = _bridge_name()
     try:
         for chain, rules in _rules(bridge, "iptables").items():
@@ -191,7 +191,7 @@ def prove(image: str, proxy: RunningProxy) -> Proof:
     """Run the canary in a container on the bridge, next to a live proxy."""
     from ..cache.store import docker_client
 
-    rules = _locked_rules_present()
+    rules = locked_rules_present()
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         listener.bind((proxy.host, 0))
