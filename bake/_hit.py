@@ -63,11 +63,8 @@ def try_hit(argv: list[str]) -> int | None:
         record_use(image_key.digest)
     except (BakeError, OSError):
         return None
-    result = BuildResult(
-        image=image, key=image_key.digest, cached=True, pulled=False, pushed=False,
-        built=False, egress="", egress_log=None, egress_summary=None,
-        duration_s=round(time.monotonic() - started, 3),
-    )
+    result = BuildResult(image, image_key.digest, round(time.monotonic() - started, 3),
+                         cached=True)
     if as_json:
         sys.stdout.write(json.dumps(result.to_json(), sort_keys=True) + "\n")
     else:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, Optional
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -33,7 +33,7 @@ app.add_typer(base_app, name="base")
 
 
 class _State:
-    config: Optional[str] = None
+    config: str | None = None
     debug: bool = False
 
 
@@ -51,7 +51,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    config: Annotated[Optional[str], typer.Option("--config", help="Seller config file.",
+    config: Annotated[str | None, typer.Option("--config", help="Seller config file.",
                                                   envvar=None)] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
@@ -72,7 +72,7 @@ def _settings(**overrides: Any) -> Any:
 def build(
     spec: SpecArg,
     json: JsonOpt = False,
-    push: Annotated[Optional[bool], typer.Option("--push/--no-push",
+    push: Annotated[bool | None, typer.Option("--push/--no-push",
                                                  help="Push to the registry after building.")]
     = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Build even on a key hit.")]
@@ -95,7 +95,7 @@ def build(
 def run(
     ctx: typer.Context,
     target: Annotated[str, typer.Argument(help="bake.toml, its folder, or a baked image")],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o",
+    output: Annotated[Path | None, typer.Option("--output", "-o",
                                                    help="Folder for what the job writes to /out.")]
     = None,
     json: JsonOpt = False,
@@ -111,7 +111,8 @@ def run(
         with console.ConsoleReporter(quiet=False) as reporter:
             result = do_run(target, args=list(ctx.args), output=output, settings=_settings(),
                             reporter=reporter,
-                            # with --json, stdout is bake's one JSON object: the job's goes to stderr
+                            # with --json, stdout holds bake's one JSON object: the job's
+                            # own stdout goes to stderr
                             stdout=sys.stderr.buffer if json else None)
     except Interrupted:
         raise
@@ -125,7 +126,7 @@ def run(
             "output": result.output, "skipped_outputs": list(result.skipped_outputs),
         })
     if result.timed_out or result.oom_killed:
-        console.err.print(f"[yellow]bake:[/] the job {result.reason}")
+        console.note(f"the job {result.reason}")
     raise typer.Exit(124 if result.timed_out else result.exit_code)
 
 
@@ -160,10 +161,10 @@ def render(
 
 @app.command()
 def prebake(
-    templates: Annotated[Optional[list[str]], typer.Argument(help="Templates (default: all)")]
+    templates: Annotated[list[str] | None, typer.Argument(help="Templates (default: all)")]
     = None,
     push: Annotated[bool, typer.Option("--push", help="Push what was baked.")] = False,
-    base: Annotated[Optional[str], typer.Option("--base", help="Use this base image instead.")]
+    base: Annotated[str | None, typer.Option("--base", help="Use this base image instead.")]
     = None,
     json: JsonOpt = False,
 ) -> None:
@@ -221,10 +222,10 @@ def images(json: JsonOpt = False) -> None:
 
 @app.command()
 def prune(
-    older_than: Annotated[Optional[str], typer.Option("--older-than",
+    older_than: Annotated[str | None, typer.Option("--older-than",
                                                       help="Remove images unused for this long "
                                                       "(e.g. 7d, 12h).")] = None,
-    keep_size: Annotated[Optional[str], typer.Option("--keep-size",
+    keep_size: Annotated[str | None, typer.Option("--keep-size",
                                                      help="Keep at most this much (e.g. 50g).")]
     = None,
     json: JsonOpt = False,
@@ -260,7 +261,7 @@ def egress_unlock() -> None:
 
 @egress_app.command("status")
 def egress_status(
-    image: Annotated[Optional[str], typer.Option("--image", help="Image for the canary.")]
+    image: Annotated[str | None, typer.Option("--image", help="Image for the canary.")]
     = None,
     json: JsonOpt = False,
 ) -> None:
@@ -274,7 +275,7 @@ def egress_status(
     elif proof.enforced:
         console.done(f"confined: {proof.detail}")
     else:
-        console.err.print(f"[yellow]not confined:[/] {proof.detail}")
+        console.note(proof.detail, label="not confined:")
     if not proof.enforced:
         raise typer.Exit(5)
 
@@ -282,7 +283,7 @@ def egress_status(
 @app.command()
 def proxy(
     listen: Annotated[str, typer.Option("--listen", help="HOST:PORT")] = "127.0.0.1:3128",
-    log: Annotated[Optional[Path], typer.Option("--log", help="Egress log (JSON lines).")]
+    log: Annotated[Path | None, typer.Option("--log", help="Egress log (JSON lines).")]
     = None,
 ) -> None:
     """Run the egress proxy alone, for debugging and benchmarks."""
@@ -296,14 +297,14 @@ def proxy(
     cfg = _settings()
     policy = EgressPolicy.from_settings(cfg.egress.allow, cfg.egress.allow_http,
                                         cfg.egress.allow_cidrs)
-    console.err.print(f"bake proxy on {host}:{port}; Ctrl-C stops it")
+    console.note(f"proxy on {host}:{port}; Ctrl-C stops it", style="blue")
     serve_forever(policy, host=host.strip("[]"), port=int(port), log_path=log)
 
 
 @base_app.command("build")
 def base_build(
     suite: Annotated[str, typer.Option("--suite", help="Debian suite.")] = "bookworm",
-    tag: Annotated[Optional[str], typer.Option("--tag", help="Image tag.")] = None,
+    tag: Annotated[str | None, typer.Option("--tag", help="Image tag.")] = None,
 ) -> None:
     """Make a Python base image from Debian packages (mmdebstrap, docker import)."""
     from . import console
@@ -325,10 +326,7 @@ def doctor(json: JsonOpt = False) -> None:
         console.json_line([c.to_json() for c in checks])
     else:
         for check in checks:
-            mark = "[green]✓[/]" if check.ok else "[red]✗[/]"
-            console.out.print(f"{mark} {check.name}: {check.detail}")
-            if not check.ok and check.fix:
-                console.out.print(f"    [dim]fix:[/] {check.fix}")
+            console.check_line(check.ok, check.name, check.detail, check.fix)
     if not all(c.ok for c in checks):
         raise typer.Exit(1)
 

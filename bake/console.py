@@ -14,6 +14,7 @@ from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
@@ -54,7 +55,7 @@ class ConsoleReporter:
         self._stage = text
         self._lines.clear()
         if self._live is not None:
-            err.print(f"[bold blue]→[/] {text}")
+            err.print(f"[bold blue]→[/] {escape(text)}")
             self._live.update(self._render())
         elif not self.quiet:
             err.print(f"bake: {text}", markup=False)
@@ -67,22 +68,22 @@ class ConsoleReporter:
             err.print(f"  {line}", markup=False)
 
     def warn(self, text: str) -> None:
-        err.print(f"[yellow]warning:[/] {text}")
+        err.print(f"[yellow]warning:[/] {escape(text)}")
 
 
 def error(exc: BakeError) -> None:
-    err.print(f"[bold red]error:[/] {exc.message}", soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(exc.message)}", soft_wrap=True)
     if exc.hint:
-        err.print(f"  [dim]hint:[/] {exc.hint}", soft_wrap=True)
+        err.print(f"  [dim]hint:[/] {escape(exc.hint)}", soft_wrap=True)
 
 
 def unexpected(exc: BaseException) -> None:
-    err.print(f"[bold red]error:[/] unexpected {type(exc).__name__}: {exc}")
+    err.print(f"[bold red]error:[/] unexpected {type(exc).__name__}: {escape(str(exc))}")
     err.print("  [dim]hint:[/] run again with --debug for the traceback, and report it")
 
 
 def done(text: str) -> None:
-    err.print(f"[green]✓[/] {text}")
+    err.print(f"[green]✓[/] {escape(text)}")
 
 
 def json_line(data: Mapping[str, Any] | Sequence[Any]) -> None:
@@ -101,3 +102,14 @@ def table(columns: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
 
 def plain(text: str) -> None:
     out.print(text, markup=False)
+
+
+def note(text: str, *, label: str = "bake:", style: str = "yellow") -> None:
+    err.print(f"[{style}]{escape(label)}[/] {escape(text)}")
+
+
+def check_line(ok: bool, name: str, detail: str, fix: str | None) -> None:
+    mark = "[green]✓[/]" if ok else "[red]✗[/]"
+    out.print(f"{mark} {escape(name)}: {escape(detail)}")
+    if not ok and fix:
+        out.print(f"    [dim]fix:[/] {escape(fix)}")

@@ -24,18 +24,18 @@ from __future__ import annotations
 
 __all__ = [
     "BakeError",
-    "UsageError",
-    "SpecError",
     "ConfigError",
+    "ConfinementError",
+    "EgressError",
+    "EngineError",
     "HubError",
+    "Interrupted",
+    "RegistryError",
+    "RunError",
     "SetupError",
     "SetupTimeout",
-    "ConfinementError",
-    "EngineError",
-    "RegistryError",
-    "EgressError",
-    "RunError",
-    "Interrupted",
+    "SpecError",
+    "UsageError",
 ]
 
 

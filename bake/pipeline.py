@@ -58,14 +58,14 @@ class NullReporter:
 class BuildResult:
     image: str
     key: str
-    cached: bool
-    pulled: bool
-    pushed: bool
-    built: bool
-    egress: str  # "enforced" | "advisory" | "offline" (no network at all) | "" (nothing built)
-    egress_log: str | None
-    egress_summary: str | None
     duration_s: float
+    cached: bool = False
+    pulled: bool = False
+    pushed: bool = False
+    built: bool = False
+    egress: str = ""  # "enforced" | "advisory" | "offline" (no network at all) | "" (no build)
+    egress_log: str | None = None
+    egress_summary: str | None = None
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -129,34 +129,31 @@ def build(
     image = image_key.image(cfg.image_repository)
     want_push = cfg.registry.push if push is None else push
 
-    def result(**kw: object) -> BuildResult:
-        fields: dict[str, object] = dict(
-            image=image, key=image_key.digest, cached=False, pulled=False, pushed=False,
-            built=False, egress="", egress_log=None, egress_summary=None,
-        )
-        fields.update(kw)
-        return BuildResult(duration_s=round(time.monotonic() - started, 3), **fields)  # type: ignore[arg-type]
+    def elapsed() -> float:
+        return round(time.monotonic() - started, 3)
 
     if not no_cache and has_image(image):
         record_use(image_key.digest)
-        return result(cached=True)
+        return BuildResult(image, image_key.digest, elapsed(), cached=True)
 
     with key_lock(image_key.digest,
                   on_wait=lambda: report.stage("another build of this key is running; waiting")):
         if not no_cache and has_image(image):
             record_use(image_key.digest)
-            return result(cached=True)
+            return BuildResult(image, image_key.digest, elapsed(), cached=True)
         registry = _registry(cfg)
         if registry is not None and not no_cache and registry.pull(image, report):
             record_use(image_key.digest)
-            return result(pulled=True)
-        built = _build(job, image_key, image, cfg, no_cache=no_cache, report=report)
+            return BuildResult(image, image_key.digest, elapsed(), pulled=True)
+        egress, egress_log, summary = _build(job, image_key, image, cfg, no_cache=no_cache,
+                                             report=report)
         record_use(image_key.digest)
         pushed = False
         if registry is not None and want_push:
             registry.push(image, report)
             pushed = True
-        return result(built=True, pushed=pushed, **built)
+        return BuildResult(image, image_key.digest, elapsed(), built=True, pushed=pushed,
+                           egress=egress, egress_log=egress_log, egress_summary=summary)
 
 
 def _registry(cfg: Settings):  # type: ignore[no-untyped-def]
@@ -168,7 +165,8 @@ def _registry(cfg: Settings):  # type: ignore[no-untyped-def]
 
 
 def _build(job: ResolvedJob, image_key: ImageKey, image: str, cfg: Settings, *, no_cache: bool,
-           report: Reporter) -> dict[str, object]:
+           report: Reporter) -> tuple[str, str | None, str | None]:
+    """One BuildKit build; returns (egress mode, egress log path, egress summary)."""
     from .builder.buildkit import find_cli, plan_build, run_build
     from .builder.render import render
     from .cache.engine import tag_image
@@ -218,11 +216,7 @@ def _build(job: ResolvedJob, image_key: ImageKey, image: str, cfg: Settings, *, 
             raise
     if summary:
         report.stage(summary)
-    return {
-        "egress": egress,
-        "egress_log": str(log_path) if proxy is not None else None,
-        "egress_summary": summary,
-    }
+    return egress, (str(log_path) if proxy is not None else None), summary
 
 
 @contextlib.contextmanager
@@ -237,7 +231,7 @@ def _setup_window(
     from .cache.engine import bridge_gateway
     from .egress import lockdown
     from .egress.policy import EgressPolicy
-    from .egress.proxy import ProxyLimits, start_proxy
+    from .egress.proxy import ProxyLimits
 
     gateway = bridge_gateway()
     policy = EgressPolicy.from_settings(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,7 +46,17 @@ class ResolvedJob:
         return self.models + self.datasets
 
 
-def resolve(spec: JobSpec, settings: Settings, *, pull_base: bool = True) -> ResolvedJob:
+BaseLookup = Callable[[str], tuple[str, str]]
+
+
+def resolve(
+    spec: JobSpec,
+    settings: Settings,
+    *,
+    pull_base: bool = True,
+    base_lookup: BaseLookup | None = None,
+) -> ResolvedJob:
+    """Pin the spec's inputs.  ``base_lookup`` swaps the Engine out (unit tests)."""
     template = find_template(spec.template, settings.build.templates)
     base_ref = spec.base or template.default_base
     if not settings.base_allowed(base_ref):
@@ -55,7 +66,10 @@ def resolve(spec: JobSpec, settings: Settings, *, pull_base: bool = True) -> Res
             field=field,
             hint=f"the seller allows: {', '.join(settings.build.bases) or 'none'}",
         )
-    base_from, digest = base_digest(base_ref, pull=pull_base)
+    if base_lookup is not None:
+        base_from, digest = base_lookup(base_ref)
+    else:
+        base_from, digest = base_digest(base_ref, pull=pull_base)
     models: tuple[ResolvedRepo, ...] = ()
     datasets: tuple[ResolvedRepo, ...] = ()
     if spec.models or spec.datasets:

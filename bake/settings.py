@@ -260,7 +260,7 @@ def _check(settings: Settings) -> None:
         ("build.pip_index_url", settings.build.pip_index_url),
         ("build.hf_endpoint", settings.build.hf_endpoint),
     ):
-        if url and not (url.startswith("https://") or url.startswith("http://")) or any(
+        if (url and not (url.startswith("https://") or url.startswith("http://"))) or any(
             c.isspace() for c in url
         ):
             raise ConfigError(

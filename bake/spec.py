@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import re
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -36,6 +38,13 @@ MAX_JOB_BYTES = 512 << 20
 MAX_JOB_FILES = 10_000
 MAX_TEXT = 4096
 MAX_REQUIREMENTS = 1000
+# The manifest (requirements, command, env) travels as one `--label` argument of the
+# docker CLI, and Linux refuses any single argument over 128 KiB (MAX_ARG_STRLEN) with
+# E2BIG: past this budget a valid-looking spec would fail as an Engine error.
+MAX_MANIFEST_TEXT = 64 << 10
+# Longer size or duration strings are not sizes: they would only overflow float() or
+# trip Python's int() digit limit (a traceback instead of exit 2).
+_MAX_NUMBER_TEXT = 32
 
 _WORD = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}", re.ASCII)
 _REPO_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
@@ -110,16 +119,11 @@ def load_spec(path: str | Path) -> JobSpec:
     spec_path = Path(path)
     if spec_path.is_dir():
         spec_path = spec_path / "bake.toml"
-    try:
-        raw = spec_path.read_bytes()
-    except FileNotFoundError:
+    if not spec_path.exists():
         raise SpecError(
             f"no job spec at {spec_path}", hint="pass the path of a bake.toml or its folder"
-        ) from None
-    except OSError as exc:
-        raise SpecError(f"cannot read {spec_path}: {exc.strerror}") from None
-    if len(raw) > MAX_SPEC_BYTES:
-        raise SpecError(f"larger than {MAX_SPEC_BYTES >> 10} KiB", path=str(spec_path))
+        )
+    raw = _read_bounded(spec_path, MAX_SPEC_BYTES, what="a job spec")
     try:
         text = raw.decode("utf-8")
         data = tomllib.loads(text)
@@ -127,7 +131,30 @@ def load_spec(path: str | Path) -> JobSpec:
         raise SpecError("not UTF-8 text", path=str(spec_path)) from None
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(f"not valid TOML: {exc}", path=str(spec_path)) from None
+    except RecursionError:
+        # tomllib recurses per nested array or inline table.
+        raise SpecError("not valid TOML: nested too deeply", path=str(spec_path)) from None
     return parse_spec(data, root=spec_path.resolve().parent, path=spec_path)
+
+
+def _read_bounded(path: Path, limit: int, *, what: str, field: str | None = None) -> bytes:
+    """Read a regular file of at most ``limit`` bytes.
+
+    A FIFO would block forever and ``/dev/zero`` would never end, so only regular
+    files are read, and never more than ``limit`` + 1 bytes.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise SpecError(f"cannot read {path}: {exc.strerror}", field=field) from None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise SpecError(f"{path} is not a regular file", field=field,
+                            hint=f"pass {what} as a plain file")
+        raw = fh.read(limit + 1)
+    if len(raw) > limit:
+        raise SpecError(f"{path} is larger than {limit >> 10} KiB", field=field)
+    return raw
 
 
 def parse_spec(data: Mapping[str, Any], *, root: Path, path: Path | None = None) -> JobSpec:
@@ -159,7 +186,7 @@ def parse_requirement(line: str, *, field: str = "python.requirements") -> str:
         raise SpecError(
             f"pip options are not allowed ({text.split()[0]!r})",
             field=field,
-            hint="list plain PEP 508 requirements such as 'numpy==2.1.3'; the index is the seller's",
+            hint="list PEP 508 requirements such as 'numpy==2.1.3'; the index is the seller's",
         )
     lowered = text.lower()
     for marker in ("git+", "hg+", "svn+", "bzr+", "file:", "://"):
@@ -176,7 +203,21 @@ def parse_requirement(line: str, *, field: str = "python.requirements") -> str:
     if req.url:
         raise SpecError(f"direct references ('@ URL') are not allowed ({text!r})", field=field)
     req.name = canonicalize_name(req.name)
-    return str(req)
+    normal = str(req)
+    # The line is written to requirements.txt, which pip reads with its own rules: a
+    # space-separated token starting with "-" is a per-requirement option
+    # (--config-settings, --global-option, --hash), "#" starts a comment, a trailing
+    # backslash joins the next line and ${NAME} expands the step's environment.  PEP 508
+    # allows all of these inside a marker's quoted string, so refuse them outright.
+    if (any(token.startswith("-") for token in normal.split(" ")[1:])
+            or any(ch in normal for ch in "#\\") or "${" in normal):
+        raise SpecError(
+            f"{text!r} carries text that pip reads as an option, a comment, a line "
+            "continuation or a variable",
+            field=field,
+            hint="a requirement is a name, a version and at most a plain environment marker",
+        )
+    return normal
 
 
 class _Parser:
@@ -187,6 +228,9 @@ class _Parser:
     def spec(self, data: Mapping[str, Any], path: Path) -> JobSpec:
         _keys(data, _TOP, "")
         name = _text(data.get("name", ""), "name", limit=128)
+        if not name.isprintable():
+            raise SpecError("must be one line of printable text (it labels the image)",
+                            field="name")
         template = data.get("template", "python")
         if not isinstance(template, str) or not _WORD.fullmatch(template):
             raise SpecError(
@@ -218,7 +262,7 @@ class _Parser:
         files = self.files(job.get("files", []))
         command = job.get("command")
         if command is None:
-            raise SpecError("missing: the command that runs the job, e.g. [\"python\", \"main.py\"]",
+            raise SpecError('missing: the command that runs the job, e.g. ["python", "main.py"]',
                             field="job.command")
         if (not isinstance(command, list) or not command
                 or not all(isinstance(c, str) for c in command)):
@@ -233,6 +277,15 @@ class _Parser:
             env.append((key, _text(value, f"job.env.{key}", allow_empty=True)))
 
         run = self.run(_table(data.get("run", {}), "run"))
+        manifest_text = sum(len(t.encode()) for t in (*requirements, *command,
+                                                      *(k + v for k, v in env)))
+        if manifest_text > MAX_MANIFEST_TEXT:
+            raise SpecError(
+                f"requirements, command and env hold {manifest_text >> 10} KiB together, more "
+                f"than {MAX_MANIFEST_TEXT >> 10} KiB",
+                field="job",
+                hint="pass large inputs as job files, not as arguments or variables",
+            )
         return JobSpec(
             name=name,
             template=template,
@@ -260,9 +313,11 @@ class _Parser:
             source = self.inside(req_file, "python.requirements_file")
             if not source.is_file():
                 raise SpecError(f"{req_file} is not a file", field="python.requirements_file")
+            raw = _read_bounded(source, MAX_SPEC_BYTES, what="a requirements file",
+                                field="python.requirements_file")
             try:
-                text = source.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError):
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
                 raise SpecError(f"cannot read {req_file} as UTF-8 text",
                                 field="python.requirements_file") from None
             for number, raw in enumerate(text.splitlines(), start=1):
@@ -278,7 +333,8 @@ class _Parser:
         table = _table(entry, where)
         _keys(table, _HUB, where)
         repo = table.get("repo")
-        if not isinstance(repo, str) or not _REPO_ID.fullmatch(repo) or ".." in repo or "--" in repo:
+        if (not isinstance(repo, str) or not _REPO_ID.fullmatch(repo) or ".." in repo
+                or "--" in repo):
             raise SpecError(
                 f"must be a Hub repo id such as 'org/name', not {repo!r}",
                 field=f"{where}.repo",
@@ -412,7 +468,8 @@ def _text(value: Any, field_name: str, *, limit: int = MAX_TEXT, allow_empty: bo
 def _size(value: Any, field_name: str, *, minimum: int) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         number = value
-    elif isinstance(value, str) and (match := _SIZE.fullmatch(value.strip())):
+    elif (isinstance(value, str) and len(value) <= _MAX_NUMBER_TEXT
+            and (match := _SIZE.fullmatch(value.strip()))):
         number = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
     else:
         raise SpecError(f"must be a size such as \"512m\" or \"8g\", not {value!r}",
@@ -425,7 +482,8 @@ def _size(value: Any, field_name: str, *, minimum: int) -> int:
 def _duration(value: Any, field_name: str) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         seconds = value
-    elif isinstance(value, str) and value and (match := _DURATION.fullmatch(value.strip())):
+    elif (isinstance(value, str) and value and len(value) <= _MAX_NUMBER_TEXT
+            and (match := _DURATION.fullmatch(value.strip()))):
         h, m, s = (int(g) if g else 0 for g in match.groups())
         seconds = h * 3600 + m * 60 + s
     else:

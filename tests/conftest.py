@@ -23,7 +23,7 @@ def _clean_environ(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.Tem
     for name in _STRIP:
         monkeypatch.delenv(name, raising=False)
     for name in list(os.environ):
-        if name.startswith("BAKE_") and name not in ("BAKE_TEST_KEEP",):
+        if name.startswith("BAKE_") and not name.startswith("BAKE_TEST_"):
             monkeypatch.delenv(name, raising=False)
     state = tmp_path_factory.mktemp("state")
     monkeypatch.setenv("BAKE_STATE_DIR", str(state))

@@ -95,7 +95,7 @@ def _candidates(configured: str) -> list[str]:
     if configured:
         return [configured]
     found: list[str] = []
-    for folder in os.environ.get("PATH", "").split(os.pathsep) + ["/usr/bin", "/usr/local/bin"]:
+    for folder in [*os.environ.get("PATH", "").split(os.pathsep), "/usr/bin", "/usr/local/bin"]:
         path = os.path.join(folder, "docker")
         if os.access(path, os.X_OK) and os.path.realpath(path) not in map(os.path.realpath, found):
             found.append(path)
@@ -104,7 +104,7 @@ def _candidates(configured: str) -> list[str]:
 
 @lru_cache(maxsize=4)
 def find_cli(configured: str = "") -> DockerCLI:
-    """``docker buildx build`` where buildx exists, else a classic CLI < 23 with DOCKER_BUILDKIT=1."""
+    """``docker buildx build`` where buildx exists, else a classic CLI < 23 + DOCKER_BUILDKIT=1."""
     seen: list[str] = []
     for path in _candidates(configured):
         version = _client_version(path)
@@ -143,10 +143,7 @@ def plan_build(
     # Every predefined proxy arg is set explicitly, empty when there is no proxy, so
     # the proxies in the seller's ~/.docker/config.json can never fill them in.
     for name in PROXY_ARGS:
-        if name.lower() in ("http_proxy", "https_proxy") and proxy_url:
-            value = proxy_url
-        else:
-            value = ""
+        value = proxy_url if name.lower() in ("http_proxy", "https_proxy") and proxy_url else ""
         argv += ["--build-arg", f"{name}={value}"]
     if no_network:
         argv.append("--network=none")
@@ -260,7 +257,7 @@ def _failure(tail: Iterable[str]) -> str:
     lines = list(tail)
     for line in reversed(lines):
         text = line.strip()
-        if text.startswith(("ERROR:", "error:", "ERROR ")) or "did not complete successfully" in text:
+        if text.startswith(("ERROR:", "error:", "ERROR ")) or "did not complete" in text:
             return text.removeprefix("ERROR:").strip()[:300]
     for line in reversed(lines):
         if line.strip():

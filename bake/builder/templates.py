@@ -114,7 +114,8 @@ def _digest(folder: Path, search: tuple[Path, ...]) -> str:
                 roots.append((shared, base / shared))
                 break
     for label, root in roots:
-        for path in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        files = (p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+        for path in sorted(files):
             rel = path.relative_to(root).as_posix()
             h.update(f"{label}/{rel}\0".encode())
             h.update(hashlib.sha256(path.read_bytes()).digest())

@@ -157,7 +157,8 @@ def _interface_address(name: str) -> str | None:
     siocgifaddr = 0x8915
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         try:
-            packed = fcntl.ioctl(sock.fileno(), siocgifaddr, struct.pack("256s", name.encode()[:15]))
+            request = struct.pack("256s", name.encode()[:15])
+            packed = fcntl.ioctl(sock.fileno(), siocgifaddr, request)
         except OSError:
             return None
     return socket.inet_ntoa(packed[20:24])

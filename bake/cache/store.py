@@ -27,10 +27,10 @@ __all__ = [
     "docker_client",
     "has_image",
     "key_lock",
+    "last_used",
     "pull_image",
     "record_use",
     "remove_image",
-    "last_used",
 ]
 
 

@@ -108,10 +108,12 @@ def lock() -> str:
     for table in _tables():
         for chain, rules in _rules(bridge, table).items():
             parent = _PARENT[chain]
-            if _ipt(table, "-n", "-L", parent, check=False).returncode != 0:
-                if parent == "DOCKER-USER":
-                    _ipt(table, "-N", parent)
-                    _ipt(table, "-I", "FORWARD", "1", "-j", parent)
+            missing = _ipt(table, "-n", "-L", parent, check=False).returncode != 0
+            if missing and parent == "DOCKER-USER":
+                # dockerd makes this chain at start; an engine started with
+                # --iptables=false does not, and then forwarding is ours to guard.
+                _ipt(table, "-N", parent)
+                _ipt(table, "-I", "FORWARD", "1", "-j", parent)
             if _ipt(table, "-n", "-L", chain, check=False).returncode != 0:
                 _ipt(table, "-N", chain)
             _ipt(table, "-F", chain)
@@ -167,11 +169,11 @@ def start_build_proxy(policy: EgressPolicy, gateway: str, *, log_path: Path | No
     )
 
 
-_CANARY = r"""
+_CANARY = rf"""
 import json, socket, sys
 gw, direct, proxy = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 def attempt(port, payload=None):
-    s = socket.socket(); s.settimeout(%s)
+    s = socket.socket(); s.settimeout({_CANARY_TIMEOUT})
     try:
         s.connect((gw, port))
         if payload is None:
@@ -182,9 +184,9 @@ def attempt(port, payload=None):
         return "failed: " + type(exc).__name__
     finally:
         s.close()
-print(json.dumps({"direct": attempt(direct),
-                  "proxy": attempt(proxy, b"CONNECT bake-canary.invalid:443 HTTP/1.1\r\n\r\n")}))
-""" % _CANARY_TIMEOUT
+print(json.dumps({{"direct": attempt(direct),
+                  "proxy": attempt(proxy, b"CONNECT bake-canary.invalid:443 HTTP/1.1\r\n\r\n")}}))
+"""
 
 
 def prove(image: str, proxy: RunningProxy) -> Proof:

@@ -1,0 +1,84 @@
+"""The plans that the few executing functions carry out: docker argv and container config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bake.builder.buildkit import PROXY_ARGS, DockerCLI, plan_build
+from bake.runner import NOBODY, RunPlan, container_config, job_user
+from bake.spec import RunLimits
+
+CLI = DockerCLI(("/usr/bin/docker", "build"), (("DOCKER_BUILDKIT", "1"),), "20.10.24", "x")
+
+
+def plan(**kw: object):  # type: ignore[no-untyped-def]
+    options: dict[str, object] = {
+        "iidfile": Path("/w/iid"), "labels": {"bake.key": "k"}, "proxy_url": "http://172.17.0.1:39100",
+        "no_network": False, "secrets": {"bake_pip": Path("/w/s/pip.conf")},
+    }
+    options.update(kw)
+    return plan_build(CLI, Path("/w/ctx"), **options)  # type: ignore[arg-type]
+
+
+def test_every_predefined_proxy_arg_is_set_explicitly() -> None:
+    argv = plan().argv
+    values = dict(a.split("=", 1) for a in argv if "=" in a and a.split("=")[0] in PROXY_ARGS)
+    assert set(values) == set(PROXY_ARGS)
+    assert values["HTTPS_PROXY"] == values["https_proxy"] == "http://172.17.0.1:39100"
+    # Empty, not absent: the CLI fills absent ones from ~/.docker/config.json proxies.
+    assert values["NO_PROXY"] == values["ALL_PROXY"] == ""
+
+
+def test_no_proxy_means_empty_args_and_offline_build() -> None:
+    argv = plan(proxy_url=None, no_network=True).argv
+    assert "--network=none" in argv
+    assert all(not a.endswith("39100") for a in argv)
+
+
+def test_build_argv_grants_nothing() -> None:
+    argv = " ".join(plan().argv)
+    for forbidden in ("--allow", "network.host", "security.insecure", "--network=host",
+                      "--privileged", " -t ", "--tag"):
+        assert forbidden not in argv
+
+
+def test_secrets_and_labels_are_single_arguments() -> None:
+    argv = plan(labels={"bake.manifest": '{"a": "b c\\nRUN x"}'}).argv
+    i = argv.index("--label")
+    assert argv[i + 1] == 'bake.manifest={"a": "b c\\nRUN x"}'
+    assert "id=bake_pip,src=/w/s/pip.conf" in argv
+
+
+def test_build_env_drops_proxy_variables(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("HTTPS_PROXY", "http://seller-proxy:3128")
+    env = plan().env
+    assert "HTTPS_PROXY" not in env and env["DOCKER_BUILDKIT"] == "1"
+
+
+def test_container_is_hardened() -> None:
+    limits = RunLimits(memory=1 << 30, cpus=1.5, pids=100, timeout=60, shm=1 << 20,
+                       tmp=2 << 20)
+    config = container_config(RunPlan("img", ("python", "x.py"), (("A", "1"),), limits,
+                                      None, "k"), user="10001:10001", out_dir=None)
+    assert config["network_mode"] == "none"
+    assert config["cap_drop"] == ["ALL"]
+    assert config["security_opt"] == ["no-new-privileges"]
+    assert config["read_only"] is True
+    assert config["tmpfs"] == {"/tmp": f"rw,nosuid,nodev,size={2 << 20}"}
+    assert config["pids_limit"] == 100 and config["mem_limit"] == 1 << 30
+    assert config["memswap_limit"] == 1 << 30 and config["nano_cpus"] == 1_500_000_000
+    assert config["ipc_mode"] == "private" and config["use_config_proxy"] is False
+    assert config["environment"] == {"A": "1"} and config["volumes"] == {}
+    assert "privileged" not in config and "devices" not in config
+
+
+def test_output_is_the_only_mount() -> None:
+    config = container_config(RunPlan("img", ("x",)), user=NOBODY, out_dir="/stage/out")
+    assert config["volumes"] == {"/stage/out": {"bind": "/out", "mode": "rw"}}
+
+
+def test_job_user_is_never_root() -> None:
+    assert job_user("") == NOBODY
+    assert job_user("root") == NOBODY
+    assert job_user("0:0") == NOBODY
+    assert job_user("10001:10001") == "10001:10001"
