@@ -52,10 +52,9 @@ _COMMIT = re.compile(r"[0-9a-f]{40}")
 _REPO = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
 _SPEC_KEYS = {"kind", "repo", "revision", "commit", "include", "exclude"}
 # Leftovers of the client's downloads and atomic writes, per folder of a repo's cache: partial
-# blobs and its umask probe "tmp_<uuid>", tree listings' mkstemp "*.tmp", refs' "<ref>.<8 hex>.tmp".
+# blobs and its umask probe "tmp_<uuid>", refs' "<ref>.<8 hex>.tmp".
 _LEFTOVERS = {
     "blobs": re.compile(r".+\.incomplete|.+\.lock|tmp_[0-9a-f-]{36}"),
-    "trees": re.compile(r".+\.tmp"),
     "refs": re.compile(r".+\.[0-9a-f]{8}\.tmp"),
 }
 
@@ -199,7 +198,11 @@ def say(message: str) -> None:
 
 
 def _mb(n: int) -> str:
-    return f"{n / 1e6:.1f} MB"
+    return f"{n / 1e3:.1f} kB" if n < 100_000 else f"{n / 1e6:.1f} MB"
+
+
+def _files(n: int) -> str:
+    return f"{n} file" if n == 1 else f"{n} files"
 
 
 # -- fetch ----------------------------------------------------------------------------------------
@@ -233,7 +236,7 @@ def _fetch(spec: Spec, cache_dir: str, token: str | None) -> None:
     sizes = list_files(api, spec, token)
     selected = select(spec, sizes)
     total = sum(sizes[p] for p in selected)
-    say(f"{spec.label}: {len(selected)} files, {_mb(total)} to fetch")
+    say(f"{spec.label}: {_files(len(selected))}, {_mb(total)} to fetch")
 
     storage = os.path.join(cache_dir, spec.folder)
     snapshot = os.path.join(storage, "snapshots", spec.commit)
@@ -261,7 +264,7 @@ def _fetch(spec: Spec, cache_dir: str, token: str | None) -> None:
     write_manifest(storage, spec, {p: sizes[p] for p in selected})
     normalize(cache_dir, storage)
     took = time.monotonic() - started
-    say(f"{spec.label}: done, {len(selected)} files, {_mb(total)} in {took:.1f} s")
+    say(f"{spec.label}: done, {_files(len(selected))}, {_mb(total)} in {took:.1f} s")
 
 
 def list_files(api: Any, spec: Spec, token: str | None) -> dict[str, int]:
@@ -386,6 +389,10 @@ def normalize(cache_dir: str, storage: str) -> None:
     shutil.rmtree(os.path.join(locks, os.path.basename(storage)), ignore_errors=True)
     with contextlib.suppress(OSError):  # not there, or another repo's locks are still in it
         os.rmdir(locks)
+    # Recent clients cache the commit's full file listing in trees/; offline, snapshot_download
+    # then calls a snapshot of only the included files incomplete and refuses it.  Without the
+    # listing it serves what is there, as every older client does; the listing is only a cache.
+    shutil.rmtree(os.path.join(storage, "trees"), ignore_errors=True)
     for sub, leftover in _LEFTOVERS.items():
         for root, _dirs, files in os.walk(os.path.join(storage, sub)):
             for name in files:
@@ -427,7 +434,7 @@ def check(spec_paths: list[str]) -> None:
         if version is not None:
             check_client(spec, files)
             how = f"loads offline with huggingface_hub {version}"
-        say(f"check {spec.label}: {len(files)} files ok ({how})")
+        say(f"check {spec.label}: {_files(len(files))} ok ({how})")
         if spec.named_revision and spec.named_revision != "main":
             say(
                 f"check {spec.label}: note: baked at '{spec.named_revision}', so load it with "

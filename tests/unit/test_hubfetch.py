@@ -9,6 +9,7 @@ import socket
 import stat
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -220,10 +221,12 @@ def test_check_names_a_missing_file(tmp_path: Path, hub: RunningHub) -> None:
 
 def test_the_cache_loads_offline_as_from_pretrained_does(tmp_path: Path, hub: RunningHub) -> None:
     hf_home = tmp_path / "hf"
-    assert fetch(tmp_path, hub, _spec(tmp_path, hub), hf_home).returncode == 0
+    spec = _spec(tmp_path, hub, include=["*.json", "*.safetensors"])
+    assert fetch(tmp_path, hub, spec, hf_home).returncode == 0
     data_spec = _spec(tmp_path, hub, "org/data", kind="dataset")
     assert fetch(tmp_path, hub, data_spec, hf_home).returncode == 0
-    # The calls transformers and datasets make: no revision, no cache_dir, offline.
+    # The calls transformers and datasets make: no revision, no cache_dir, offline.  Only some
+    # of the model's files were baked, and the snapshot still counts as complete.
     code = (
         "import os\n"
         "from huggingface_hub import hf_hub_download, snapshot_download\n"
@@ -238,7 +241,7 @@ def test_the_cache_loads_offline_as_from_pretrained_does(tmp_path: Path, hub: Ru
     loaded = _run([], env, code=code)
     assert loaded.returncode == 0, loaded.stderr
     assert loaded.stdout.strip() == (
-        "['config.json', 'extra', 'model.safetensors', 'tokenizer.json'] "
+        "['config.json', 'model.safetensors', 'tokenizer.json'] "
         '{"model_type": "bert"} '
         "['README.md', 'data']"
     )
@@ -279,6 +282,27 @@ def test_bad_arguments_and_specs_exit_2(tmp_path: Path, hub: RunningHub) -> None
     del env["HF_HOME"]
     failed = _run(["fetch", str(_spec(tmp_path, hub))], env)
     assert failed.returncode == 2 and "set HF_HOME" in failed.stderr
+
+
+def test_the_server_streams_a_large_generated_file() -> None:
+    # The benchmark's model: 200 MB made on the fly, with the Hub's LFS headers and ranges.
+    big = Generated(200 * 1024 * 1024 + 5, seed=3)
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with start_hub([HubRepo("model", "org/big", branches={"main": {"weights.bin": big}})]) as hub:
+        url = f"{hub.endpoint}/org/big/resolve/main/weights.bin"
+        with opener.open(urllib.request.Request(url, method="HEAD")) as head:
+            assert head.headers["Content-Length"] == head.headers["X-Linked-Size"] == str(big.size)
+            assert len(head.headers["X-Linked-Etag"].strip('"')) == 64
+            assert head.headers["X-Repo-Commit"] == hub.head("org/big")
+        edge = 1024 * 1024
+        ranged = urllib.request.Request(url, headers={"Range": f"bytes={edge - 6}-{edge + 9}"})
+        with opener.open(ranged) as part:
+            assert part.status == 206
+            assert part.headers["Content-Range"] == f"bytes {edge - 6}-{edge + 9}/{big.size}"
+            assert part.read() == big.chunk(0)[-6:] + big.chunk(1)[:10]
+        tail = urllib.request.Request(url, headers={"Range": "bytes=-5"})
+        with opener.open(tail) as part:
+            assert part.read() == big.chunk(200)
 
 
 def _closed_port() -> int:
