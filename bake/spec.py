@@ -123,9 +123,9 @@ def load_spec(path: str | Path) -> JobSpec:
         raise SpecError(
             f"no job spec at {spec_path}", hint="pass the path of a bake.toml or its folder"
         )
-    raw = _read_bounded(spec_path, MAX_SPEC_BYTES, what="a job spec")
+    blob = _read_bounded(spec_path, MAX_SPEC_BYTES, what="a job spec")
     try:
-        text = raw.decode("utf-8")
+        text = blob.decode("utf-8")
         data = tomllib.loads(text)
     except UnicodeDecodeError:
         raise SpecError("not UTF-8 text", path=str(spec_path)) from None
@@ -192,16 +192,20 @@ def parse_requirement(line: str, *, field: str = "python.requirements") -> str:
     for marker in ("git+", "hg+", "svn+", "bzr+", "file:", "://"):
         if marker in lowered:
             raise SpecError(
-                f"URLs and paths are not allowed in requirements ({text!r})",
+                f"URLs and paths are not allowed in requirements ({_show(text)})",
                 field=field,
                 hint="name a package and version from the index, e.g. 'requests==2.32.3'",
             )
     try:
         req = Requirement(text)
     except InvalidRequirement as exc:
-        raise SpecError(f"not a PEP 508 requirement: {exc}", field=field) from None
+        # packaging adds lines that point a caret at the error; the first line says it.
+        reason = str(exc).splitlines()[0] if str(exc) else "unparsable"
+        raise SpecError(f"not a PEP 508 requirement: {reason} ({_show(text)})",
+                        field=field) from None
     if req.url:
-        raise SpecError(f"direct references ('@ URL') are not allowed ({text!r})", field=field)
+        raise SpecError(f"direct references ('@ URL') are not allowed ({_show(text)})",
+                        field=field)
     req.name = canonicalize_name(req.name)
     normal = str(req)
     # The line is written to requirements.txt, which pip reads with its own rules: a
@@ -212,7 +216,7 @@ def parse_requirement(line: str, *, field: str = "python.requirements") -> str:
     if (any(token.startswith("-") for token in normal.split(" ")[1:])
             or any(ch in normal for ch in "#\\") or "${" in normal):
         raise SpecError(
-            f"{text!r} carries text that pip reads as an option, a comment, a line "
+            f"{_show(text)} carries text that pip reads as an option, a comment, a line "
             "continuation or a variable",
             field=field,
             hint="a requirement is a name, a version and at most a plain environment marker",
@@ -273,7 +277,8 @@ class _Parser:
         env: list[tuple[str, str]] = []
         for key, value in env_table.items():
             if not _ENV_NAME.fullmatch(key):
-                raise SpecError("not a valid environment variable name", field=f"job.env.{key}")
+                raise SpecError("not a valid environment variable name",
+                                field=f"job.env.{_key_text(key)}")
             env.append((key, _text(value, f"job.env.{key}", allow_empty=True)))
 
         run = self.run(_table(data.get("run", {}), "run"))
@@ -313,10 +318,10 @@ class _Parser:
             source = self.inside(req_file, "python.requirements_file")
             if not source.is_file():
                 raise SpecError(f"{req_file} is not a file", field="python.requirements_file")
-            raw = _read_bounded(source, MAX_SPEC_BYTES, what="a requirements file",
-                                field="python.requirements_file")
+            blob = _read_bounded(source, MAX_SPEC_BYTES, what="a requirements file",
+                                 field="python.requirements_file")
             try:
-                text = raw.decode("utf-8")
+                text = blob.decode("utf-8")
             except UnicodeDecodeError:
                 raise SpecError(f"cannot read {req_file} as UTF-8 text",
                                 field="python.requirements_file") from None
@@ -336,14 +341,15 @@ class _Parser:
         if (not isinstance(repo, str) or not _REPO_ID.fullmatch(repo) or ".." in repo
                 or "--" in repo):
             raise SpecError(
-                f"must be a Hub repo id such as 'org/name', not {repo!r}",
+                f"must be a Hub repo id such as 'org/name', not {_show(repo)}",
                 field=f"{where}.repo",
             )
         revision = table.get("revision", "main")
         if (not isinstance(revision, str) or not _REVISION.fullmatch(revision)
                 or ".." in revision or revision.endswith("/")):
             raise SpecError(
-                f"must be a branch, tag or commit, not {revision!r}", field=f"{where}.revision"
+                f"must be a branch, tag or commit, not {_show(revision)}",
+                field=f"{where}.revision",
             )
         patterns: dict[str, tuple[str, ...]] = {}
         for key in ("include", "exclude"):
@@ -432,12 +438,24 @@ class _Parser:
         )
 
 
+def _show(value: Any, limit: int = 60) -> str:
+    """A value for an error message: quoted, and cut so one huge value stays one line."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _key_text(key: str) -> str:
+    """A TOML key for a field name: quoted keys may hold newlines or be megabytes long."""
+    return key if key.isprintable() and len(key) <= 64 else _show(key)
+
+
 def _keys(table: Mapping[str, Any], allowed: tuple[str, ...], section: str) -> None:
     for key in table:
         if key not in allowed:
             close = difflib.get_close_matches(key, allowed, n=1)
             hint = f"did you mean {close[0]!r}?" if close else f"allowed: {', '.join(allowed)}"
-            name = f"{section}.{key}" if section else key
+            shown = _key_text(key)
+            name = f"{section}.{shown}" if section else shown
             raise SpecError("unknown key", field=name, hint=hint)
 
 
@@ -472,7 +490,7 @@ def _size(value: Any, field_name: str, *, minimum: int) -> int:
             and (match := _SIZE.fullmatch(value.strip()))):
         number = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
     else:
-        raise SpecError(f"must be a size such as \"512m\" or \"8g\", not {value!r}",
+        raise SpecError(f"must be a size such as \"512m\" or \"8g\", not {_show(value)}",
                         field=field_name)
     if not minimum <= number <= 1 << 50:
         raise SpecError(f"must be at least {minimum >> 20} MiB", field=field_name)
@@ -487,7 +505,8 @@ def _duration(value: Any, field_name: str) -> int:
         h, m, s = (int(g) if g else 0 for g in match.groups())
         seconds = h * 3600 + m * 60 + s
     else:
-        raise SpecError(f"must be a duration such as \"90s\", \"30m\" or \"2h\", not {value!r}",
+        raise SpecError(f"must be a duration such as \"90s\", \"30m\" or \"2h\", not "
+                        f"{_show(value)}",
                         field=field_name)
     if not 1 <= seconds <= 7 * 24 * 3600:
         raise SpecError("must be between 1 second and 7 days", field=field_name)

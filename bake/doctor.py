@@ -1,0 +1,290 @@
+"""``bake doctor``: what works on this host, and the exact command that fixes what does not.
+
+Each check is independent and returns a :class:`Check`; none raises, so one
+broken piece (the Engine down) never hides what the others would say.  Checks
+that need the Engine are reported as failing with the Engine's fix rather than
+skipped, so a seller sees every step between here and a working build.
+
+Order matters for reading, not for correctness: the seller config first (every
+other check reads it), then the Engine, the BuildKit CLI, the base image,
+confinement and the registry.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import ssl
+from dataclasses import dataclass
+from typing import Any
+from urllib.error import HTTPError, URLError
+from urllib.request import HTTPSHandler, ProxyHandler, Request, build_opener
+
+from .errors import BakeError
+from .settings import Settings, config_path, load_settings
+
+__all__ = ["Check", "run_checks"]
+
+_DEFAULT_SOCKET = "unix:///var/run/docker.sock"
+_REGISTRY_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of the doctor's report: ``fix`` is a command to run when ``ok`` is false."""
+
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    extra: tuple[tuple[str, str], ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"name": self.name, "ok": self.ok, "detail": self.detail,
+                                "fix": self.fix or None}
+        if self.extra:
+            data["extra"] = dict(self.extra)
+        return data
+
+
+def run_checks(*, config: str | None = None) -> list[Check]:
+    """Every check, in reading order; never raises for a broken host."""
+    settings, config_check, target = check_config(config)
+    checks = [config_check]
+    engine = check_engine()
+    checks.append(engine)
+    checks.append(check_buildkit(settings, target=target))
+    checks.append(check_base_image(settings, engine_ok=engine.ok, target=target))
+    checks.append(check_confinement(settings, engine_ok=engine.ok))
+    checks.append(check_registry(settings))
+    return checks
+
+
+# -- seller config -------------------------------------------------------------------------
+
+
+def check_config(config: str | None) -> tuple[Settings, Check, str]:
+    """Load the seller config; on failure go on with defaults so the other checks still run.
+
+    Also returns where a seller should write a setting: the file in use, else the
+    per-user default location.
+    """
+    xdg = os.environ.get("XDG_CONFIG_HOME") or "~/.config"
+    target = config or os.environ.get("BAKE_CONFIG") or f"{xdg}/bake/config.toml"
+    try:
+        path, why = config_path(config)
+        settings = load_settings(config)
+    except BakeError as exc:
+        return Settings(), Check(
+            "config", False, exc.message,
+            fix=f"edit {target}: {exc.hint}" if exc.hint else f"edit {target} (see DESIGN.md "
+            "\"Seller configuration\")",
+        ), target
+    if path is None:
+        detail = ("no config file (looked in --config, $BAKE_CONFIG, $XDG_CONFIG_HOME/bake/"
+                  "config.toml, /etc/bake/config.toml): every setting is its default")
+    else:
+        detail = f"{path} (chosen by {why})"
+    sources = tuple(sorted(settings.sources.items()))
+    if sources:
+        detail += "; " + ", ".join(f"{name} from {source}" for name, source in sources)
+        detail += "; the rest are defaults"
+    return settings, Check("config", True, detail, extra=sources), str(path or target)
+
+
+# -- Docker Engine ---------------------------------------------------------------------------
+
+
+def engine_fix() -> str:
+    """The command that gets an Engine answering, for this host's situation."""
+    host = os.environ.get("DOCKER_HOST", "")
+    if host and host != _DEFAULT_SOCKET:
+        return (f"unset DOCKER_HOST   # it points at {host}, where no Docker Engine answers; "
+                "or start the engine there")
+    if shutil.which("dockerd") is None:
+        return ("apt-get install -y docker.io && (dockerd > /var/log/dockerd.log 2>&1 &)"
+                "   # as root")
+    return "dockerd > /var/log/dockerd.log 2>&1 &   # as root; or: systemctl start docker"
+
+
+def check_engine() -> Check:
+    from .cache import engine
+
+    try:
+        status, data = engine._get("/version", timeout=5.0)
+    except BakeError as exc:
+        return Check("engine", False, exc.message, fix=engine_fix())
+    if status != 200 or not isinstance(data, dict):
+        return Check("engine", False,
+                     f"the Docker Engine at {engine.docker_host()} answered HTTP {status} to "
+                     "/version", fix=engine_fix())
+    version = str(data.get("Version", "?"))
+    api = str(data.get("ApiVersion", "?"))
+    detail = f"Docker Engine {version} (API {api}) at {engine.docker_host()}"
+    if _version_tuple(api) < (1, 41):
+        return Check("engine", False, detail + "; bake needs API 1.41 (Engine 20.10) or newer",
+                     fix="apt-get install -y docker.io   # Debian's Engine 20.10 or newer")
+    return Check("engine", True, detail)
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    parts = []
+    for part in text.split("."):
+        if not part.isdigit():
+            break
+        parts.append(int(part))
+    return tuple(parts)
+
+
+# -- BuildKit CLI ----------------------------------------------------------------------------
+
+
+def check_buildkit(settings: Settings, *, target: str) -> Check:
+    from .builder.buildkit import find_cli
+
+    configured = settings.build.docker_cli
+    try:
+        cli = find_cli(configured)
+    except BakeError as exc:
+        if configured:
+            # Would bake find one by itself?  Then the setting is what is wrong.
+            try:
+                auto = find_cli("")
+            except BakeError:
+                auto = None
+            if auto is not None:
+                fix = (f"set build.docker_cli = \"{auto.path}\" in {target} (or remove the "
+                       "setting: bake finds that one by itself)")
+                return Check("buildkit", False, exc.message, fix=fix)
+        fix = ("apt-get install -y docker.io   # its /usr/bin/docker speaks BuildKit; or install "
+               f"the docker buildx plugin, or set build.docker_cli in {target}")
+        return Check("buildkit", False, exc.message, fix=fix)
+    return Check("buildkit", True, cli.describe())
+
+
+# -- base image ------------------------------------------------------------------------------
+
+
+def check_base_image(settings: Settings, *, engine_ok: bool, target: str) -> Check:
+    from .builder.templates import find_template
+    from .cache.engine import inspect_image
+
+    try:
+        base = find_template("python", settings.build.templates).default_base
+    except BakeError as exc:
+        return Check("base image", False, f"cannot read the python template: {exc.message}",
+                     fix="reinstall bake: .venv/bin/pip install -e .")
+    if not settings.base_allowed(base):
+        return Check(
+            "base image", False,
+            f"the python template's default base {base} is not in build.bases "
+            f"({', '.join(settings.build.bases) or 'none'}): jobs that name no base are refused",
+            fix=f"add a pattern for it to build.bases in {target}, e.g. "
+            f"bases = [\"{base.split(':')[0]}:*\"]",
+        )
+    if not engine_ok:
+        return Check("base image", False, f"cannot look for {base}: the Docker Engine does not "
+                     "answer", fix=engine_fix())
+    try:
+        info = inspect_image(base)
+    except BakeError as exc:
+        return Check("base image", False, exc.message, fix=engine_fix())
+    if info is None:
+        return Check(
+            "base image", False,
+            f"{base} (the python template's default base) is not on this engine",
+            fix=f"bake base build --tag {shlex.quote(base)}   # from Debian packages, no "
+            f"registry needed; or: docker pull {shlex.quote(base)}",
+        )
+    size = int(info.get("Size") or 0) >> 20
+    return Check("base image", True, f"{base} is present ({str(info.get('Id', ''))[:19]}, "
+                 f"{size} MiB)")
+
+
+# -- confinement -----------------------------------------------------------------------------
+
+
+def check_confinement(settings: Settings, *, engine_ok: bool) -> Check:
+    from .egress import lockdown
+
+    required = settings.egress.enforce == "require"
+    if not settings.egress.allow and not settings.egress.allow_http:
+        return Check("confinement", True, "egress.allow is empty: setup steps run with "
+                     "--network=none, nothing to confine")
+    if not engine_ok:
+        return Check("confinement", not required,
+                     "cannot check: the Docker Engine does not answer",
+                     fix=engine_fix() if required else "")
+    if not lockdown.locked_rules_present():
+        detail = "bake's firewall rules are not installed: setup steps can reach any address"
+        if required:
+            return Check("confinement", False,
+                         detail + "; with egress.enforce = \"require\" every build is refused",
+                         fix="bake egress lock   # as root; `bake egress status` proves it")
+        return Check("confinement", True,
+                     detail + " (egress.enforce = \"warn\": builds run with advisory egress; "
+                     "`bake egress lock` as root confines them)")
+    try:
+        proof = lockdown.status(image=None, settings=settings)
+    except BakeError as exc:
+        # The rules are in place but the canary could not run (no base image, no python3).
+        return Check("confinement", True,
+                     f"bake's firewall rules are installed; not proven by a canary: {exc.message}")
+    if proof.enforced:
+        return Check("confinement", True, f"confined: {proof.detail}")
+    return Check("confinement", not required, f"rules installed but not effective: {proof.detail}",
+                 fix="bake egress unlock && bake egress lock   # as root; then bake egress status")
+
+
+# -- registry --------------------------------------------------------------------------------
+
+
+def check_registry(settings: Settings) -> Check:
+    repository = settings.registry.repository
+    if not repository:
+        return Check("registry", True, "not configured: images stay on this engine "
+                     "(set registry.repository to share them)")
+    from .reference import parse_image_ref
+
+    domain = parse_image_ref(repository).domain or "registry-1.docker.io"
+    try:
+        scheme, status = _probe_registry(domain)
+    except OSError as exc:
+        return Check(
+            "registry", False, f"{domain} (registry.repository = {repository}) does not answer "
+            f"on /v2/: {exc}",
+            fix=f"start the registry (e.g. docker-registry serve CONFIG with http.addr: {domain}) "
+            f"or correct registry.repository (from {settings.source('registry.repository')})",
+        )
+    if status == 401:
+        # Anonymous probes of a registry with accounts always get 401: it answers.
+        return Check("registry", True, f"{domain} answers over {scheme} and asks for "
+                     f"credentials (`docker login {domain}` if pushes or pulls are refused)")
+    if status != 200:
+        return Check("registry", False, f"{domain} answered HTTP {status} to /v2/ over {scheme}: "
+                     "not a Docker registry (Distribution API v2)",
+                     fix=f"correct registry.repository (from "
+                     f"{settings.source('registry.repository')})")
+    return Check("registry", True, f"{domain} answers over {scheme}; images are shared as "
+                 f"{repository}:<key>")
+
+
+def _probe_registry(domain: str) -> tuple[str, int]:
+    """GET /v2/ over HTTPS, else plain HTTP (the Engine allows that for loopback registries)."""
+    # Straight to the registry: a seller's HTTPS_PROXY is not the Engine's route to it.
+    opener = build_opener(ProxyHandler({}), HTTPSHandler(context=ssl.create_default_context()))
+    last: OSError | None = None
+    for scheme in ("https", "http"):
+        try:
+            with opener.open(Request(f"{scheme}://{domain}/v2/"),
+                             timeout=_REGISTRY_TIMEOUT) as response:
+                return scheme, int(response.status)
+        except HTTPError as exc:
+            return scheme, int(exc.code)
+        except URLError as exc:
+            last = OSError(str(exc.reason))
+        except OSError as exc:
+            last = exc
+    assert last is not None
+    raise last
