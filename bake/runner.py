@@ -61,7 +61,9 @@ class RunResult:
         if self.timed_out:
             return "timed out"
         if self.oom_killed:
-            return f"killed for using more than its memory limit ({_human(self.memory_limit)})"
+            return (f"was killed for using more than its memory limit "
+                    f"({_human(self.memory_limit)}; raise [run] memory in bake.toml if it "
+                    "needs more)")
         return f"exited {self.exit_code}"
 
 
@@ -109,6 +111,9 @@ def container_config(plan: RunPlan, *, user: str, out_dir: str | None) -> dict[s
         "nano_cpus": int(limits.cpus * 1e9),
         "shm_size": limits.shm,
         "ipc_mode": "private",
+        # Engine 20.10 on cgroup v1 defaults to the host's cgroup namespace, which shows
+        # the job the host's cgroup paths (other containers' ids); a private one does not.
+        "cgroupns": "private",
         "user": user,
         "labels": {"bake.job": plan.key or "unknown"},
         "detach": True,
@@ -130,11 +135,18 @@ def container_config(plan: RunPlan, *, user: str, out_dir: str | None) -> dict[s
 
 
 def job_user(image_user: str) -> str:
-    """The image's own user when it is not root, else nobody."""
-    user = (image_user or "").strip()
-    if not user or user.split(":")[0] in ("root", "0"):
+    """The image's own user when it is a numeric, non-root ``uid[:gid]``, else nobody.
+
+    A user *name* is resolved by the image's own ``/etc/passwd``, which may map any
+    name to uid 0, so names are not trusted.  A missing or zero gid would leave the
+    job in group root (Docker's default for a uid with no passwd entry): use the uid.
+    """
+    uid, _, gid = (image_user or "").strip().partition(":")
+    if not uid.isdigit() or int(uid) == 0 or (gid and not gid.isdigit()):
         return NOBODY
-    return user
+    if not gid or int(gid) == 0:
+        gid = uid
+    return f"{int(uid)}:{int(gid)}"
 
 
 def run_job(
@@ -235,9 +247,11 @@ def _staging(user: str) -> Path:
     out = holder / "out"
     out.mkdir()
     uid, _, gid = user.partition(":")
-    if uid.isdigit():
+    try:
         os.chown(out, int(uid), int(gid) if gid.isdigit() else int(uid))
-    else:
+    except (ValueError, PermissionError):
+        # A seller running bake without root cannot give the folder away; the holder
+        # above stays private (0700), so a world-writable out/ exposes nothing.
         os.chmod(out, 0o777)
     return out
 
@@ -255,7 +269,8 @@ def collect_output(staging: Path, dest: Path) -> tuple[str, ...]:
         target_root = dest / rel_root
         for name in list(dirs):
             src = Path(root) / name
-            if src.is_symlink():
+            if src.is_symlink() or (target_root / name).is_symlink():
+                # Neither the job's links nor one already in the seller's folder is followed.
                 skipped.append(str(rel_root / name))
                 dirs.remove(name)
                 continue
@@ -269,9 +284,22 @@ def collect_output(staging: Path, dest: Path) -> tuple[str, ...]:
             target = target_root / name
             if target.is_symlink():
                 target.unlink()
-            fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
-            with os.fdopen(fd, "rb") as fin, open(target, "wb") as fout:
-                shutil.copyfileobj(fin, fout, 1 << 20)
+            try:
+                fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            except OSError:
+                # Unreadable to bake (a job's 0000 file when bake is not root): name it.
+                skipped.append(str(rel_root / name))
+                continue
+            with os.fdopen(fd, "rb") as fin:
+                # Check the file we opened, not the name: it may have changed since lstat.
+                if not stat.S_ISREG(os.fstat(fin.fileno()).st_mode):
+                    skipped.append(str(rel_root / name))
+                    continue
+                out_fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW,
+                                 0o600)
+                with os.fdopen(out_fd, "wb") as fout:
+                    shutil.copyfileobj(fin, fout, 1 << 20)
+            # Setuid/setgid bits and group/other write never cross to the host.
             os.chmod(target, st.st_mode & 0o755)
     return tuple(skipped)
 

@@ -12,6 +12,7 @@ context upload) is spoken by the CLI; re-implementing it is not worth it.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import queue
 import shutil
@@ -19,7 +20,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -93,7 +94,7 @@ def _major(version: str) -> int:
 
 def _candidates(configured: str) -> list[str]:
     if configured:
-        return [configured]
+        return [configured]  # the seller named it: no silent fallback to another CLI
     found: list[str] = []
     for folder in [*os.environ.get("PATH", "").split(os.pathsep), "/usr/bin", "/usr/local/bin"]:
         path = os.path.join(folder, "docker")
@@ -109,7 +110,8 @@ def find_cli(configured: str = "") -> DockerCLI:
     for path in _candidates(configured):
         version = _client_version(path)
         if version is None:
-            seen.append(f"{path} (does not run)")
+            seen.append(f"{path} (does not exist)" if not os.path.exists(path)
+                        else f"{path} (does not run)")
             continue
         if _has_buildx(path):
             return DockerCLI((path, "buildx", "build", "--load"), (), version, path)
@@ -199,9 +201,10 @@ def run_build(
         lines.put(None)
 
     reader = threading.Thread(target=pump, name="bake-build-log", daemon=True)
-    reader.start()
     finished = False
     try:
+        # Inside the try: a signal that lands right after Popen still cancels the build.
+        reader.start()
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -223,8 +226,10 @@ def run_build(
         finished = True
     finally:
         if not finished:
-            _cancel(proc)
-        reader.join(timeout=5)
+            with _signals_deferred():
+                _cancel(proc)
+        if reader.is_alive():
+            reader.join(timeout=5)
         if proc.stdout is not None:
             proc.stdout.close()
     if code != 0:
@@ -237,6 +242,36 @@ def run_build(
         return plan.iidfile.read_text().strip()
     except OSError as exc:
         raise SetupError("the build finished but reported no image id") from exc
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM while the build is being cancelled, then deliver them.
+
+    A second Ctrl-C during the cancel would otherwise abandon the docker CLI mid-
+    cancel, leaving BuildKit's solve running with nobody to stop it.  Python runs
+    signal handlers in the main thread only, so elsewhere (a seller's agent calling
+    the API from a worker thread) there is nothing to defer.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+
+    def hold(signum: int, frame: object) -> None:
+        held.append(signum)
+
+    previous = {signum: signal.signal(signum, hold) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            # None: a handler installed outside Python; the default is the safe stand-in.
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        if held:
+            # Re-deliver the first one through the restored handler (KeyboardInterrupt, or
+            # the CLI's Interrupted for SIGTERM).
+            signal.raise_signal(held[0])
 
 
 def _cancel(proc: subprocess.Popen[bytes]) -> None:
