@@ -381,6 +381,14 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         pass  # requests are recorded in .requests; stderr stays quiet for tests and the demo
 
+    def send_response(self, code: int, message: str | None = None) -> None:
+        super().send_response(code, message)
+        if self.close_connection:
+            # Say so when the request asked for "Connection: close" (bake's egress proxy does, to
+            # allow one request per connection), as real servers do: without it the client
+            # would reuse the connection the proxy is about to close.
+            self.send_header("Connection", "close")
+
     def do_GET(self) -> None:
         self._serve(head=False)
 

@@ -303,6 +303,10 @@ def test_the_server_streams_a_large_generated_file() -> None:
         tail = urllib.request.Request(url, headers={"Range": "bytes=-5"})
         with opener.open(tail) as part:
             assert part.read() == big.chunk(200)
+        # bake's egress proxy asks for one request per connection; the answer must say so too.
+        closing = urllib.request.Request(url, method="HEAD", headers={"Connection": "close"})
+        with opener.open(closing) as head:
+            assert head.headers["Connection"] == "close"
 
 
 def _closed_port() -> int:
