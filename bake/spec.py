@@ -55,6 +55,9 @@ _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?", re.ASCII | re.IGNORECASE)
 _DURATION = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s?)?", re.ASCII)
 _GPUS = re.compile(r"|all|device=\d+(?:,\d+)*", re.ASCII)
 _PATTERN = re.compile(r"[^\x00-\x1f\x7f]{1,256}")
+_SIMPLE_PIN = re.compile(
+    r"([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)[ \t]*==[ \t]*([0-9]+(?:\.[0-9]+)*)", re.ASCII
+)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
@@ -170,9 +173,6 @@ def parse_spec(data: Mapping[str, Any], *, root: Path, path: Path | None = None)
 
 def parse_requirement(line: str, *, field: str = "python.requirements") -> str:
     """One PEP 508 requirement, normalised; pip options, URLs and paths are refused."""
-    from packaging.requirements import InvalidRequirement, Requirement
-    from packaging.utils import canonicalize_name
-
     if not isinstance(line, str):
         raise SpecError("must be a string", field=field)
     if any(ch in line for ch in "\r\n\x00\x0b\x0c") or not line.isprintable():
@@ -196,6 +196,14 @@ def parse_requirement(line: str, *, field: str = "python.requirements") -> str:
                 field=field,
                 hint="name a package and version from the index, e.g. 'requests==2.32.3'",
             )
+    simple = _SIMPLE_PIN.fullmatch(text)
+    if simple:
+        # The common case, "name==version", normalised exactly as packaging would,
+        # without importing it: the key of a cache hit is computed on every build.
+        return f"{_canonical_name(simple.group(1))}=={simple.group(2)}"
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+
     try:
         req = Requirement(text)
     except InvalidRequirement as exc:
@@ -222,6 +230,10 @@ def parse_requirement(line: str, *, field: str = "python.requirements") -> str:
             hint="a requirement is a name, a version and at most a plain environment marker",
         )
     return normal
+
+
+def _canonical_name(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 class _Parser:

@@ -108,3 +108,19 @@ def test_manifest_has_no_host_paths_or_name(tmp_path: Path) -> None:
     text = image_key.manifest_json()
     assert "secret-folder" not in text and str(tmp_path) not in text
     assert '"name"' not in text.replace('"name":"python"', "")
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["six==1.16.0", "Six == 1.16.0", "Foo_Bar.baz==2.0", "zope.interface==6.4", "A-B__c==10.0.1"],
+)
+def test_fast_requirement_path_normalises_like_packaging(line: str) -> None:
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    from bake.spec import _SIMPLE_PIN, parse_requirement
+
+    assert _SIMPLE_PIN.fullmatch(line.strip())
+    req = Requirement(line)
+    req.name = canonicalize_name(req.name)
+    assert parse_requirement(line) == str(req)
