@@ -240,7 +240,7 @@ def _translate(ctx: _Context, exc: Exception) -> BakeError:
                 "in the seller's environment"
             ),
         )
-    if isinstance(exc, hf.RemoteEntryNotFoundError):
+    if isinstance(exc, hf.EntryNotFoundError):  # RemoteEntryNotFoundError since 1.0
         return HubError(f"a file of {kind} repo '{repo}' is missing at {ctx.revision}", repo=repo)
     if isinstance(exc, hf.HfHubHTTPError):
         status = exc.response.status_code if exc.response is not None else 0
