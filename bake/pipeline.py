@@ -150,8 +150,7 @@ def build(
         record_use(image_key.digest)
         pushed = False
         if registry is not None and want_push:
-            registry.push(image, report)
-            pushed = True
+            pushed = registry.push(image, report)
         return BuildResult(image, image_key.digest, elapsed(), built=True, pushed=pushed,
                            egress=egress, egress_log=egress_log, egress_summary=summary)
 
@@ -202,6 +201,8 @@ def _build(job: ResolvedJob, image_key: ImageKey, image: str, cfg: Settings, *, 
                 no_network=no_network,
                 secrets=secrets,
                 no_cache=no_cache,
+                cache_from=() if no_cache else _prebaked_deps(job, cfg),
+                inline_cache=True,
             )
             report.stage(f"building {image_key.short} with {cli.describe()}")
             image_id = run_build(plan, timeout=cfg.egress.setup_timeout, on_line=report.log)
@@ -217,6 +218,26 @@ def _build(job: ResolvedJob, image_key: ImageKey, image: str, cfg: Settings, *, 
     if summary:
         report.stage(summary)
     return egress, (str(log_path) if proxy is not None else None), summary
+
+
+def _prebaked_deps(job: ResolvedJob, cfg: Settings) -> tuple[str, ...]:
+    """The prebaked image that holds this job's dependency layer, as a --cache-from source.
+
+    Its key is that of the job's deps twin (bake/prebake.py): what `bake prebake`
+    bakes for a variant with this template, base and requirements.  BuildKit looks
+    for it among the engine's images, then in the registry.
+    """
+    import dataclasses
+
+    from .prebake import deps_twin
+
+    twin = deps_twin(job.spec)
+    if twin is None:
+        return ()
+    twin_key = compute_key(dataclasses.replace(job, spec=twin, models=(), datasets=(),
+                                               file_digests=()))
+    ref = twin_key.image(cfg.image_repository)
+    return (ref,) if cfg.registry.repository or has_image(ref) else ()
 
 
 @contextlib.contextmanager

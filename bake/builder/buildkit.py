@@ -20,7 +20,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -139,6 +139,8 @@ def plan_build(
     secrets: Mapping[str, Path],
     no_cache: bool = False,
     target: str | None = None,
+    cache_from: Sequence[str] = (),
+    inline_cache: bool = False,
 ) -> BuildPlan:
     """The argv and environment of one build.  Pure."""
     argv: list[str] = [*cli.argv, "--progress=plain", "--iidfile", str(iidfile)]
@@ -155,6 +157,13 @@ def plan_build(
         argv += ["--secret", f"id={name},src={path}"]
     if no_cache:
         argv.append("--no-cache")
+    if inline_cache:
+        # BuildKit writes its cache metadata into the image config, so that another
+        # engine that has (or can pull) this image can reuse its layers via --cache-from.
+        argv += ["--build-arg", "BUILDKIT_INLINE_CACHE=1"]
+    for ref in cache_from:
+        # A missing source costs BuildKit one log line, never the build.
+        argv += ["--cache-from", ref]
     if target:
         argv += ["--target", target]
     argv += ["--file", str(context / "Dockerfile"), str(context)]
