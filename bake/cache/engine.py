@@ -49,7 +49,7 @@ class _Response:
         self.body = body
 
 
-def _address() -> tuple[int, object]:
+def _address() -> tuple[int, str | tuple[str, int]]:
     host = docker_host()
     parts = urlsplit(host)
     if parts.scheme == "unix":
