@@ -1,0 +1,206 @@
+"""Issue 3 with a real Engine: setup steps reach the allowlisted origins and nothing else.
+
+The attacker is a package whose ``setup.py`` runs during ``pip install`` (a
+sdist, ``only_binary = false``) and tries every way out it can think of.  With
+the host locked every attempt fails, the host listener sees nothing, the egress
+log records the denials, and the allowed downloads still work.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from bake.cache.engine import bridge_gateway, inspect_image
+from bake.egress import lockdown
+from tests.integration.conftest import Host, machine_cidrs
+from tests.integration.pkgindex import fetch_build_deps, sdist, serve_index, write_simple_index
+
+ATTACK_SETUP = r'''
+import json, os, socket
+from setuptools import setup
+
+cfg = {CFG}
+results = {}
+
+def attempt(name, fn):
+    try:
+        results[name] = "connected: " + fn()
+    except Exception as exc:
+        results[name] = "failed: %s: %s" % (type(exc).__name__, exc)
+
+def direct(host, port):
+    socket.create_connection((host, port), timeout=5).close()
+    return "%s:%s" % (host, port)
+
+def via_proxy(target):
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    host, port = proxy.rsplit("/", 1)[-1].rsplit(":", 1)
+    s = socket.create_connection((host, int(port)), timeout=5)
+    s.sendall(("CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (target, target)).encode())
+    answer = s.recv(200).decode("latin-1")
+    s.close()
+    if " 200 " not in answer.split("\r\n")[0]:
+        raise ConnectionRefusedError(answer.split("\r\n")[0])
+    return answer.split("\r\n")[0]
+
+attempt("direct_host_listener", lambda: direct(cfg["gateway"], cfg["listener"]))
+attempt("direct_index_by_name", lambda: direct(cfg["name"], 443))
+attempt("direct_index_by_ip", lambda: direct(cfg["ip"], 443))
+attempt("direct_other_host_port", lambda: direct(cfg["gateway"], 22))
+attempt("proxy_denied_name", lambda: via_proxy("bake-denied.example:443"))
+attempt("proxy_host_port", lambda: via_proxy("%s:%d" % (cfg["gateway"], cfg["listener"])))
+attempt("proxy_ip_literal", lambda: via_proxy("%s:443" % cfg["ip"]))
+os.makedirs("/opt/venv", exist_ok=True)
+with open("/opt/venv/bake-attack.json", "w") as fh:
+    json.dump(results, fh)
+setup(name="bake-attack", version="1.0", py_modules=["bake_attack"])
+'''
+
+SLEEPY_SETUP = r'''
+import time
+time.sleep(600)
+from setuptools import setup
+setup(name="bake-sleepy", version="1.0", py_modules=["bake_sleepy"])
+'''
+
+SPEC = """\
+template = "python"
+[python]
+requirements = ["{requirement}"]
+only_binary = false
+[job]
+command = ["python", "-c", "print(open('/opt/venv/bake-attack.json').read())"]
+"""
+
+
+@pytest.fixture(scope="module")
+def listener(engine: None) -> Iterator[tuple[socket.socket, int]]:
+    """A host listener on the bridge gateway that no build step may reach."""
+    sock = socket.socket()
+    sock.bind((bridge_gateway(), 0))
+    sock.listen(16)
+    sock.setblocking(False)
+    yield sock, sock.getsockname()[1]
+    sock.close()
+
+
+@pytest.fixture(scope="module")
+def index(engine: None, listener: tuple[socket.socket, int],
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    root = tmp_path_factory.mktemp("index")
+    files = root / "files"
+    files.mkdir()
+    fetch_build_deps(files)
+    gateway = bridge_gateway()
+    index_ip = next(iter(machine_cidrs()), "203.0.113.80/32").split("/")[0]
+    cfg = {"gateway": gateway, "listener": listener[1], "name": "pypi.org", "ip": index_ip}
+    sdist(files, "bake-attack", "1.0", ATTACK_SETUP.replace("{CFG}", json.dumps(cfg)))
+    sdist(files, "bake-sleepy", "1.0", SLEEPY_SETUP)
+    write_simple_index(files, root)
+    with serve_index(root, gateway) as running:
+        yield running
+
+
+def _configure(host: Host, index: object) -> None:
+    host.egress["allow_http"] = [index.origin]  # type: ignore[attr-defined]
+    host.build["pip_index_url"] = index.url  # type: ignore[attr-defined]
+
+
+def test_setup_code_cannot_get_out(host: Host, job: Callable[..., Path], locked: None,
+                                   listener: tuple[socket.socket, int], index: object) -> None:
+    _configure(host, index)
+    host.egress["enforce"] = "require"
+    spec = job(SPEC.replace("{requirement}", "bake-attack==1.0"))
+    # --no-cache: BuildKit would otherwise reuse an earlier run's setup step, and
+    # the attack would not run at all.
+    proc = host.bake("build", str(spec), "--json", "--no-cache")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    host.forget(result["image"])
+    assert result["egress"] == "enforced"
+
+    run = host.bake("run", result["image"])
+    assert run.returncode == 0, run.stderr
+    attempts = json.loads(run.stdout)
+    assert attempts, run.stdout
+    for name, outcome in attempts.items():
+        assert outcome.startswith("failed"), f"{name}: {outcome}"
+    # The denials are the proxy's own answers, not lucky timeouts.
+    assert "403" in attempts["proxy_denied_name"] and "403" in attempts["proxy_host_port"]
+    assert "Timeout" not in attempts["direct_host_listener"]
+
+    with pytest.raises(BlockingIOError):
+        listener[0].accept()  # the host listener saw nothing
+
+    log = [json.loads(line) for line in Path(result["egress_log"]).read_text().splitlines()]
+    denied = {(e["host"], e["reason"]) for e in log if e["decision"] == "denied"}
+    assert ("bake-denied.example", "not-allowlisted") in denied
+    assert any(h == bridge_gateway() for h, _ in denied)
+    allowed = [e for e in log if e["decision"] == "allowed"]
+    assert allowed, "the allowed downloads from the local index went through the proxy"
+    assert index.requests  # type: ignore[attr-defined]
+
+
+def test_require_refuses_an_unconfined_host(host: Host, job: Callable[..., Path],
+                                            locked: None) -> None:
+    host.egress["enforce"] = "require"
+    spec = job("[python]\nrequirements = [\"six==1.16.0\"]\n[job]\ncommand = [\"true\"]\n")
+    lockdown.unlock()
+    try:
+        proc = host.bake("build", str(spec))
+    finally:
+        lockdown.lock()
+    assert proc.returncode == 5, proc.stderr
+    assert "bake egress lock" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_status_proves_the_lock(host: Host, locked: None) -> None:
+    proc = host.bake("egress", "status", "--json")
+    assert proc.returncode == 0, proc.stderr
+    proof = json.loads(proc.stdout)
+    assert proof["enforced"] is True
+    assert proof["checks"]["direct"].startswith("failed")
+    assert proof["checks"]["proxy"].startswith("HTTP/1.1 403")
+
+
+def test_unlock_removes_exactly_what_lock_added(engine: None, locked: None) -> None:
+    def rules() -> str:
+        return subprocess.run(["iptables", "-S"], capture_output=True, text=True,
+                              check=True).stdout
+
+    locked_rules = rules()
+    lockdown.unlock()
+    try:
+        unlocked_rules = rules()
+        assert "BAKE-EGRESS" not in unlocked_rules
+        assert not lockdown.locked_rules_present()
+    finally:
+        lockdown.lock()
+    assert rules() == locked_rules
+    others = [r for r in locked_rules.splitlines() if "BAKE-EGRESS" not in r]
+    assert others == unlocked_rules.splitlines()
+
+
+def test_setup_past_its_time_limit_exits_4_and_leaves_no_image(
+        host: Host, job: Callable[..., Path], index: object) -> None:
+    _configure(host, index)
+    host.egress["setup_timeout"] = 20
+    spec = job(SPEC.replace("{requirement}", "bake-sleepy==1.0"))
+    key = host.bake("key", str(spec), check=True).stdout.split()[0]
+    started = time.monotonic()
+    proc = host.bake("build", str(spec))
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 4, proc.stderr
+    assert "time limit of 20 s" in proc.stderr
+    assert elapsed < 20 + 20, elapsed  # stopped within seconds of the limit
+    assert inspect_image(f"bake:{key}") is None
+    leftover = subprocess.run(["ss", "-Htln"], capture_output=True, text=True).stdout
+    assert not [line for line in leftover.splitlines() if ":391" in line.split()[3]]
