@@ -259,9 +259,14 @@ def _setup_window(
         cfg.egress.allow, cfg.egress.allow_http, cfg.egress.allow_cidrs, own_addresses=[gateway]
     )
     limits = ProxyLimits(max_tunnel_seconds=float(cfg.egress.setup_timeout))
+    # The proof runs against a deny-all proxy of its own, so that the build's
+    # egress log holds only what the build's steps asked for.
+    deny_all = EgressPolicy.from_settings([], [], [], own_addresses=[gateway])
+    with lockdown.start_build_proxy(deny_all, gateway, log_path=None,
+                                    limits=ProxyLimits()) as canary_proxy:
+        proof = lockdown.prove(job.base_from, canary_proxy)
     proxy = lockdown.start_build_proxy(policy, gateway, log_path=log_path, limits=limits)
     try:
-        proof = lockdown.prove(job.base_from, proxy)
         if proof.enforced:
             egress = "enforced"
         elif cfg.egress.enforce == "require":
@@ -320,7 +325,8 @@ def _self_check(image_id: str, job: ResolvedJob, report: Reporter) -> None:
     from .runner import self_check
 
     report.stage("checking the baked models and datasets offline")
-    self_check(image_id, job)
+    for line in self_check(image_id, job).splitlines():
+        report.log(line)
 
 
 def _discard(image_id: str) -> None:
