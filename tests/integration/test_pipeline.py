@@ -186,3 +186,39 @@ def _proxy_listeners() -> list[str]:
     out = subprocess.run(["ss", "-Htln"], capture_output=True, text=True, check=False).stdout
     return [line for line in out.splitlines()
             if any(f":{port} " in line for port in range(39100, 39164))]
+
+
+SLEEPER = """\
+template = "python"
+[job]
+command = ["python", "-c", "import time; print('started', flush=True); time.sleep(300)"]
+[run]
+timeout = "3s"
+"""
+
+
+def test_run_past_its_timeout_exits_124(host: Host, job: Callable[..., Path]) -> None:
+    spec = job(SLEEPER)
+    started = time.monotonic()
+    proc = host.bake("run", str(spec))
+    assert proc.returncode == 124, proc.stderr
+    assert time.monotonic() - started < 60
+    assert "timed out" in proc.stderr
+    assert _bake_containers() == []
+    host.forget(f"bake:{host.bake('key', str(spec), check=True).stdout.split()[0]}")
+
+
+def test_interrupted_run_removes_its_container(host: Host, job: Callable[..., Path]) -> None:
+    spec = job(SLEEPER.replace('timeout = "3s"', 'timeout = "5m"'))
+    host.bake("build", str(spec), check=True)
+    host.forget(f"bake:{host.bake('key', str(spec), check=True).stdout.split()[0]}")
+    proc = subprocess.Popen([sys.executable, "-m", "bake", "--config", str(host.config),
+                             "run", str(spec)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "started"
+    assert len(_bake_containers()) == 1
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert _bake_containers() == []
