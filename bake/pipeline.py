@@ -261,6 +261,7 @@ def _setup_window(
     limits = ProxyLimits(max_tunnel_seconds=float(cfg.egress.setup_timeout))
     # The proof runs against a deny-all proxy of its own, so that the build's
     # egress log holds only what the build's steps asked for.
+    report.stage("proving that build steps reach nothing but bake's proxy")
     deny_all = EgressPolicy.from_settings([], [], [], own_addresses=[gateway])
     with lockdown.start_build_proxy(deny_all, gateway, log_path=None,
                                     limits=ProxyLimits()) as canary_proxy:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from .builder.templates import Template, find_template
 from .cache.engine import inspect_image
@@ -21,7 +21,7 @@ from .reference import parse_image_ref
 from .settings import Settings
 from .spec import HubRepo, JobSpec
 
-__all__ = ["ResolvedJob", "ResolvedRepo", "base_digest", "resolve"]
+__all__ = ["ClientHub", "Hub", "ResolvedJob", "ResolvedRepo", "base_digest", "resolve"]
 
 
 @dataclass(frozen=True)
@@ -55,8 +55,10 @@ def resolve(
     *,
     pull_base: bool = True,
     base_lookup: BaseLookup | None = None,
+    hub: Hub | None = None,
 ) -> ResolvedJob:
-    """Pin the spec's inputs.  ``base_lookup`` swaps the Engine out (unit tests)."""
+    """Pin the spec's inputs.  ``base_lookup`` and ``hub`` swap the Engine and the Hub out
+    (unit tests); the Hub is asked only when the spec names models or datasets."""
     template = find_template(spec.template, settings.build.templates)
     base_ref = spec.base or template.default_base
     if not settings.base_allowed(base_ref):
@@ -73,8 +75,9 @@ def resolve(
     models: tuple[ResolvedRepo, ...] = ()
     datasets: tuple[ResolvedRepo, ...] = ()
     if spec.models or spec.datasets:
-        models = tuple(_pin(r, settings) for r in spec.models)
-        datasets = tuple(_pin(r, settings) for r in spec.datasets)
+        client = hub if hub is not None else ClientHub.from_settings(settings)
+        models = tuple(_pin(r, client) for r in spec.models)
+        datasets = tuple(_pin(r, client) for r in spec.datasets)
     return ResolvedJob(
         spec=spec,
         template=template,
@@ -112,16 +115,46 @@ def base_digest(ref: str, *, pull: bool = True) -> tuple[str, str]:
     return ref, str(info["Id"])
 
 
-def _pin(repo: HubRepo, settings: Settings) -> ResolvedRepo:
-    from .hub import resolve_revision
+class Hub(Protocol):
+    """What resolving needs of the Hugging Face Hub; unit tests swap in a fake."""
 
-    commit = resolve_revision(
-        repo.kind,
-        repo.repo,
-        repo.revision,
-        endpoint=hub_endpoint(settings),
-        token=os.environ.get("HF_TOKEN") or None,
-    )
+    def resolve_revision(self, repo: HubRepo) -> str:
+        """The 40-hex commit the repo's branch, tag or commit names now."""
+
+    def list_files(self, repo: HubRepo, commit: str) -> list[str]:
+        """The files a fetch of the repo at ``commit`` with its patterns gets; an error when an
+        include pattern matches nothing or the token cannot read them."""
+
+
+@dataclass(frozen=True)
+class ClientHub:
+    """The real Hub through ``bake.hub`` (the one module that imports huggingface_hub)."""
+
+    endpoint: str | None
+    token: str | None = field(default=None, repr=False)  # never in a repr, a log or a message
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ClientHub:
+        return cls(hub_endpoint(settings), os.environ.get("HF_TOKEN") or None)
+
+    def resolve_revision(self, repo: HubRepo) -> str:
+        from .hub import resolve_revision
+
+        return resolve_revision(repo.kind, repo.repo, repo.revision, endpoint=self.endpoint,
+                                token=self.token)
+
+    def list_files(self, repo: HubRepo, commit: str) -> list[str]:
+        from .hub import list_matching_files
+
+        return list_matching_files(repo.kind, repo.repo, commit, repo.include, repo.exclude,
+                                   endpoint=self.endpoint, token=self.token)
+
+
+def _pin(repo: HubRepo, hub: Hub) -> ResolvedRepo:
+    commit = hub.resolve_revision(repo)
+    # At key time, not in the build: an include pattern that matches nothing, or a gated
+    # repo the token cannot read, is a bad spec (exit 2), not a setup failure minutes later.
+    hub.list_files(repo, commit)
     return ResolvedRepo(repo, commit)
 
 

@@ -304,27 +304,50 @@ def collect_output(staging: Path, dest: Path) -> tuple[str, ...]:
     return tuple(skipped)
 
 
-def self_check(image_id: str, job: ResolvedJob) -> None:
-    """Check, offline, that every declared model and dataset file loads from the image."""
-    plan = RunPlan(
+# Where the templates put what the self-check reads (bake/templates/_base/Dockerfile.j2).
+CHECK_SCRIPT = "/opt/bake/hubfetch.py"
+CHECK_SPECS = "/opt/bake/hub"
+# The job's own interpreter: every bake image has this venv (the deps step makes it).
+JOB_PYTHON = "/opt/venv/bin/python"
+
+
+def self_check_plan(image_id: str, job: ResolvedJob) -> RunPlan:
+    """The check's container: the job's python runs hubfetch.py's offline check.  Pure.
+
+    The job's own venv, not the fetch stages' client (which stays out of the image):
+    when the job has huggingface_hub, the check loads every file through the very
+    client the job will use, offline; when it has none, hubfetch.py checks the cache
+    layout file by file (every selected file present, of the listed size, readable).
+    It runs like the job: no network, hardened, as the job's user.
+    """
+    return RunPlan(
         image=image_id,
-        command=("/opt/bake/fetch/bin/python", "/opt/bake/hubfetch.py", "check",
-                 *(f"/opt/bake/hub/{i}.json" for i in range(len(job.hub_repos)))),
+        command=(JOB_PYTHON, CHECK_SCRIPT, "check",
+                 *(f"{CHECK_SPECS}/{i}.json" for i in range(len(job.hub_repos)))),
         limits=RunLimits(timeout=600),
     )
+
+
+def self_check(image_id: str, job: ResolvedJob) -> str:
+    """Check, offline, that every declared model and dataset file loads from the image.
+
+    Returns the check's report (one line per repo); raises SetupError when it fails.
+    """
     from io import BytesIO
 
     sink = BytesIO()
-    result = run_job(plan, stdout=sink, stderr=sink)
+    result = run_job(self_check_plan(image_id, job), stdout=sink, stderr=sink)
+    lines = sink.getvalue().decode("utf-8", "replace").strip().splitlines()
     if result.exit_code != 0:
         from .errors import SetupError
 
-        tail = sink.getvalue().decode("utf-8", "replace").strip().splitlines()[-5:]
+        tail = lines[-5:]
         raise SetupError(
             "the offline self-check of the baked models and datasets failed: "
-            + (" / ".join(tail) or f"exit {result.exit_code}"),
+            + (" / ".join(tail) or result.reason),
             hint="check the repo's include patterns and that the files load",
         )
+    return "\n".join(line.removeprefix("bake-fetch: ") for line in lines)
 
 
 def _human(size: int) -> str:

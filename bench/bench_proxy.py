@@ -163,7 +163,7 @@ def https_server() -> Iterator[Setup]:
             ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
              "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key), "-out", str(cert),
              "-days", "1", "-subj", f"/CN={SERVER_NAME}",
-             "-addext", f"subjectAltName=DNS:{SERVER_NAME}"],
+             "-addext", f"subjectAltName=DNS:{SERVER_NAME},IP:{SERVER_HOST}"],
             check=True, capture_output=True,
         )
         server = subprocess.Popen(

@@ -1,7 +1,8 @@
 """ResolvedJob -> BuildContext: the Dockerfile (Jinja, StrictUndefined) and its files.  Pure.
 
-The context holds exactly: ``Dockerfile``, ``bake/requirements.txt``,
-``bake/hubfetch.py`` and ``bake/hub/<n>.json`` when the job fetches from the Hub,
+The context holds exactly: ``Dockerfile``, ``bake/requirements.txt``; when the job
+fetches from the Hub, ``bake/hub-client.txt`` (the fetch stages' pinned client, a
+file of the ``_base`` template), ``bake/hubfetch.py`` and ``bake/hub/<n>.json``;
 and the job's declared files under ``job/``.  Nothing else of the host is sent.
 """
 
@@ -19,6 +20,7 @@ from .templates import HUBFETCH
 __all__ = ["BuildContext", "ContextFile", "hub_cache_dir", "render"]
 
 HF_HOME = "/opt/hf"
+HUB_CLIENT = "hub-client.txt"
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,7 @@ def render(job: ResolvedJob, *, ca_bundle: bool, hub_token: bool = False) -> Bui
         ContextFile("bake/requirements.txt", "".join(f"{r}\n" for r in spec.requirements).encode())
     ]
     if hub:
+        files.append(ContextFile("bake/hub-client.txt", source=_hub_client(job)))
         files.append(ContextFile("bake/hubfetch.py", source=HUBFETCH))
         for entry, resolved in zip(hub, job.hub_repos, strict=True):
             doc = {
@@ -104,3 +107,13 @@ def render(job: ResolvedJob, *, ca_bundle: bool, hub_token: bool = False) -> Bui
                                      json.dumps(doc, indent=1).encode()))
     files.extend(ContextFile(f"job/{f.dest}", source=f.source, mode=f.mode) for f in spec.files)
     return BuildContext(dockerfile, tuple(files))
+
+
+def _hub_client(job: ResolvedJob) -> Path:
+    """``_base/hub-client.txt`` from the first folder that has one: the same ``_base`` whose
+    Dockerfile Jinja extends and whose files feed the template's digest."""
+    for folder in job.template.search_path:
+        candidate = folder / "_base" / HUB_CLIENT
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"no _base/{HUB_CLIENT} in {job.template.search_path}")

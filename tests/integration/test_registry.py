@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from bake.builder.templates import BUILTIN_DIR
 from tests.conftest import write_job
 from tests.integration.conftest import (
     BASE,
@@ -39,7 +40,7 @@ from tests.integration.conftest import (
 
 SIX_JOB = """
 name = "registry-six"
-template = "python"
+template = "bake-test-py"
 [python]
 requirements = ["six==1.16.0"]
 [job]
@@ -48,7 +49,13 @@ command = ["python", "main.py"]
 """
 SIX_MAIN = 'import six\nprint("six", six.__version__)\n'
 
-# Seller templates for prebake: tiny variants keep the test fast.
+# Seller templates, with a copy of bake's _base taken when the module starts, so
+# that keys stay put while someone edits bake's own templates during the run.
+# Tiny variants keep prebake fast.
+PY_TEMPLATE = """
+description = "test template: the python template, frozen for the run"
+default_base = "python:3.11-slim"
+"""
 TEMPLATE_DOCKERFILE = '{% extends "_base/Dockerfile.j2" %}\n'
 TINY_TEMPLATE = """
 description = "test template: two small variants"
@@ -122,8 +129,9 @@ def seller(engine: None, registry: LocalRegistry, repositories: list[str],
            tmp_path_factory: pytest.TempPathFactory) -> Machine:
     folder = tmp_path_factory.mktemp("seller")
     templates = folder / "templates"
-    for name, toml in (("bake-test-tiny", TINY_TEMPLATE), ("bake-test-offline",
-                                                             OFFLINE_TEMPLATE)):
+    shutil.copytree(BUILTIN_DIR / "_base", templates / "_base")
+    for name, toml in (("bake-test-py", PY_TEMPLATE), ("bake-test-tiny", TINY_TEMPLATE),
+                       ("bake-test-offline", OFFLINE_TEMPLATE)):
         (templates / name).mkdir(parents=True)
         (templates / name / "Dockerfile.j2").write_text(TEMPLATE_DOCKERFILE)
         (templates / name / "template.toml").write_text(toml)
@@ -196,7 +204,9 @@ def second_engine(engine: None) -> Iterator[str]:
             time.sleep(0.2)
         # The same base image (same id, so the same key): what a fleet machine has.
         save = subprocess.Popen(["docker", "save", BASE], stdout=subprocess.PIPE)
-        _docker("load", host=sock, stdin=save.stdout)
+        assert save.stdout is not None
+        with save.stdout:
+            _docker("load", host=sock, stdin=save.stdout)
         assert save.wait() == 0
         yield sock
     finally:
@@ -378,7 +388,7 @@ def test_prune_removes_least_recently_used_first_never_in_use(
     for name in "ABCD":
         # A megabyte of its own per image, so that each has a size of its own to free.
         specs[name] = write_job(machine.host.folder / f"prune-{name}", (
-            f'name = "prune-{name}"\ntemplate = "python"\n[job]\nfiles = ["data.txt"]\n'
+            f'name = "prune-{name}"\ntemplate = "bake-test-py"\n[job]\nfiles = ["data.txt"]\n'
             'command = ["python", "-c", "print(len(open(\'data.txt\').read()))"]\n'),
             {"data.txt": secrets.token_hex(500_000)})
     images = {name: machine.json("build", str(specs[name]), "--no-push")["image"]
@@ -392,7 +402,7 @@ def test_prune_removes_least_recently_used_first_never_in_use(
 
     listed = {i["image"]: i for i in machine.json("images")}
     assert set(listed) == set(images.values())
-    assert {i["template"] for i in listed.values()} == {"python"}
+    assert {i["template"] for i in listed.values()} == {"bake-test-py"}
     assert all(i["size"] > 0 and i["unique_size"] > 0 for i in listed.values())
     unique = {name: listed[images[name]]["unique_size"] for name in "ABCD"}
 
