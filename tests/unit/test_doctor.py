@@ -1,0 +1,166 @@
+"""``bake doctor`` without an engine: every check runs, each failure carries its fix."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bake import doctor
+from bake.doctor import Check, run_checks
+
+NAMES = ["config", "engine", "buildkit", "base image", "confinement", "registry"]
+
+
+def by_name(checks: list[Check]) -> dict[str, Check]:
+    assert [c.name for c in checks] == NAMES
+    return {c.name: c for c in checks}
+
+
+def test_a_dead_engine_fails_with_the_command_that_fixes_it() -> None:
+    checks = by_name(run_checks())
+    engine = checks["engine"]
+    assert not engine.ok and "cannot reach the Docker Engine" in engine.detail
+    # The unit tier points DOCKER_HOST at a dead socket: the fix names that variable.
+    assert engine.fix.startswith("unset DOCKER_HOST")
+    assert not checks["base image"].ok and checks["base image"].fix == engine.fix
+    assert checks["config"].ok and "every setting is its default" in checks["config"].detail
+    assert checks["registry"].ok  # not configured is fine
+
+
+def test_every_failing_check_has_a_fix_and_json(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('[build]\ndocker_cli = "/nonexistent/docker"\n'
+                      '[registry]\nrepository = "127.0.0.1:9/bake"\n')
+    checks = run_checks(config=str(config))
+    failing = [c for c in checks if not c.ok]
+    assert {c.name for c in failing} >= {"engine", "buildkit", "registry"}
+    for check in failing:
+        assert check.fix, check
+        data = check.to_json()
+        assert data["ok"] is False and data["fix"] == check.fix and data["name"] == check.name
+    buildkit = by_name(checks)["buildkit"]
+    assert "/nonexistent/docker (does not exist)" in buildkit.detail
+    assert str(config) in buildkit.fix  # where to change the setting
+
+
+def test_a_broken_config_fails_but_the_other_checks_still_run(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text("[egres]\nallow = []\n")
+    checks = by_name(run_checks(config=str(config)))
+    assert not checks["config"].ok and "did you mean 'egress'" in checks["config"].detail
+    assert checks["config"].fix.startswith(f"edit {config}")
+    assert checks["buildkit"].detail  # ran, with defaults
+
+
+def test_config_says_where_each_setting_came_from(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('[egress]\nsetup_timeout = 60\n')
+    monkeypatch.setenv("BAKE_EGRESS_ENFORCE", "warn")
+    check = by_name(run_checks(config=str(config)))["config"]
+    assert check.ok and f"{config} (chosen by --config)" in check.detail
+    assert f"egress.setup_timeout from {config}" in check.detail
+    assert "egress.enforce from env BAKE_EGRESS_ENFORCE" in check.detail
+    assert check.to_json()["extra"] == {"egress.enforce": "env BAKE_EGRESS_ENFORCE",
+                                        "egress.setup_timeout": str(config)}
+
+
+def test_a_live_engine_is_reported_with_its_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bake.cache import engine
+
+    monkeypatch.setattr(engine, "_get", lambda path, timeout=5.0: (
+        200, {"Version": "20.10.24", "ApiVersion": "1.41"}))
+    check = doctor.check_engine()
+    assert check.ok and "Docker Engine 20.10.24 (API 1.41)" in check.detail
+    monkeypatch.setattr(engine, "_get", lambda path, timeout=5.0: (
+        200, {"Version": "19.03.1", "ApiVersion": "1.40"}))
+    old = doctor.check_engine()
+    assert not old.ok and "1.41" in old.detail and "docker.io" in old.fix
+
+
+@pytest.mark.parametrize(("enforce", "ok"), [("require", False), ("warn", True)])
+def test_unconfined_egress_fails_only_when_required(monkeypatch: pytest.MonkeyPatch,
+                                                    enforce: str, ok: bool) -> None:
+    from bake.egress import lockdown
+    from bake.settings import EgressSettings, Settings
+
+    monkeypatch.setattr(lockdown, "locked_rules_present", lambda: False)
+    check = doctor.check_confinement(Settings(egress=EgressSettings(enforce=enforce)),
+                                     engine_ok=True)
+    assert check.ok is ok and "not installed" in check.detail
+    assert ("bake egress lock" in check.fix) is not ok
+    offline = doctor.check_confinement(
+        Settings(egress=EgressSettings(allow=(), enforce="require")), engine_ok=True)
+    assert offline.ok and "--network=none" in offline.detail
+
+
+@pytest.fixture
+def registry() -> Iterator[tuple[str, list[int]]]:
+    """A loopback HTTP server answering /v2/ with the status the test puts in the list."""
+    status = [200]
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(status[0] if self.path == "/v2/" else 404)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{server.server_address[1]}", status
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize(("status", "ok", "words"), [
+    (200, True, "answers over http"),
+    (401, True, "docker login"),
+    (404, False, "not a Docker registry"),
+])
+def test_registry_answers(registry: tuple[str, list[int]], status: int, ok: bool,
+                          words: str) -> None:
+    from bake.settings import RegistrySettings, Settings
+
+    address, answer = registry
+    answer[0] = status
+    check = doctor.check_registry(Settings(registry=RegistrySettings(repository=f"{address}/b")))
+    assert check.ok is ok and words in check.detail, check
+    assert bool(check.fix) is not ok
+
+
+def test_a_registry_that_does_not_answer_says_so() -> None:
+    from bake.settings import RegistrySettings, Settings
+
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    check = doctor.check_registry(Settings(registry=RegistrySettings(
+        repository=f"127.0.0.1:{port}/bake")))
+    assert not check.ok and "does not answer" in check.detail
+    assert "docker-registry serve" in check.fix
+
+
+def test_the_cli_exits_1_and_prints_the_fixes(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "bake", "doctor"], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "✗ engine:" in proc.stdout and "fix: unset DOCKER_HOST" in proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "bake", "doctor", "--json"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 1
+    data = json.loads(proc.stdout)
+    assert [c["name"] for c in data] == NAMES
