@@ -2,8 +2,9 @@
 
 A Distribution 2.8 registry (Debian's ``docker-registry``) on a loopback port,
 the machine's engine, and -- playing a second machine of the fleet -- a second
-``dockerd`` with its own data root and socket and no bridge at all, so that it
-cannot run a networked build step: whatever it gets, it got from the registry.
+``dockerd`` with its own data root, socket and bridge, that has never built
+anything: what it has, it got from the registry (``pulled: true``) or, for a
+prebaked dependency layer, through ``--cache-from`` (an equal layer digest).
 
 Every repository here is ``127.0.0.1:<port>/bake-test-<name>-<random>``, and
 only images of those repositories are ever removed.
@@ -168,7 +169,7 @@ def published(seller: Machine) -> Published:
 
 @pytest.fixture(scope="module")
 def second_engine(engine: None) -> Iterator[str]:
-    """A second dockerd: its own data root, exec root, pid file and socket; no bridge.
+    """A second dockerd: its own data root, exec root, pid file, socket and bridge.
 
     It plays another machine of the fleet.  It gets a bridge of its own, made here:
     ``--bridge=none`` would be simpler but makes dockerd delete the host's
@@ -305,9 +306,10 @@ def test_prebaked_dependency_layer_is_reused_on_a_second_engine(
         second_engine: str) -> None:
     """A buyer's job (own files, own key) reuses the prebaked variant's deps layer.
 
-    Offline settings (no egress at all) let the bridgeless second engine build;
-    creating a venv is not reproducible byte for byte, so an equal layer digest
-    proves the layer came from the prebaked image (--cache-from), not a rebuild.
+    Offline settings (no egress at all: ``--network=none``) keep the second
+    engine's build steps off every network.  Creating a venv is not reproducible
+    byte for byte, so an equal layer digest proves the layer came from the
+    prebaked image (--cache-from through the registry), not from a rebuild.
     """
     machine = seller.with_registry(registry.repository("offline"))
     repositories.append(machine.host.registry["repository"])  # type: ignore[arg-type]
