@@ -12,8 +12,11 @@ from pathlib import Path
 import pytest
 
 from bake.builder.render import render
+from bake.resolve import ResolvedJob, resolve
+from bake.settings import Settings
+from bake.spec import HubRepo, load_spec
 from tests.conftest import write_job
-from tests.unit.helpers import resolved
+from tests.unit.helpers import fixed_base, resolved
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -38,13 +41,51 @@ command = ["python", "-c", "print(1)"]
 [job]
 command = ["python", "-c", "print(1)"]
 """, {"ca_bundle": False}),
+    "transformers-model-dataset": ("""\
+template = "transformers"
+[python]
+requirements = ["transformers==5.24.0"]
+[[models]]
+repo = "bake-demo/tiny-sentiment"
+include = ["*.json", "*.safetensors"]
+[[datasets]]
+repo = "bake-demo/tiny-reviews"
+revision = "v1.0"
+include = ["data/validation.csv"]
+[job]
+files = ["main.py"]
+command = ["python", "main.py"]
+""", {"ca_bundle": False, "hub_token": False}),
+    "transformers-ca-token": ("""\
+template = "transformers"
+[[models]]
+repo = "org/gated"
+[job]
+command = ["python", "-c", "print(1)"]
+""", {"ca_bundle": True, "hub_token": True}),
 }
+
+
+class FakeHub:
+    """Every branch or tag points at a commit made of the repo's name; every pattern matches."""
+
+    def resolve_revision(self, repo: HubRepo) -> str:
+        import hashlib
+
+        return hashlib.sha1(f"{repo.repo}@{repo.revision}".encode()).hexdigest()
+
+    def list_files(self, repo: HubRepo, commit: str) -> list[str]:
+        return ["config.json"]
+
+
+def hub_resolved(spec_path: Path) -> ResolvedJob:
+    return resolve(load_spec(spec_path), Settings(), base_lookup=fixed_base, hub=FakeHub())
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_golden_dockerfile(tmp_path: Path, name: str) -> None:
     spec, options = CASES[name]
-    job = resolved(write_job(tmp_path, spec, {"main.py": "print(1)\n"}))
+    job = hub_resolved(write_job(tmp_path, spec, {"main.py": "print(1)\n"}))
     dockerfile = render(job, **options).dockerfile
     golden = GOLDEN / f"{name}.Dockerfile"
     if os.environ.get("BAKE_TEST_UPDATE_GOLDEN"):
@@ -81,3 +122,98 @@ def test_context_holds_exactly_the_declared_files(tmp_path: Path) -> None:
 def test_rendering_is_deterministic(tmp_path: Path) -> None:
     job = resolved(write_job(tmp_path, CASES["python-requirements"][0], {"main.py": "x"}))
     assert render(job, ca_bundle=True) == render(job, ca_bundle=True)
+
+
+# -- models and datasets ---------------------------------------------------------------------
+
+
+def _stages(dockerfile: str) -> dict[str, str]:
+    """Each stage's text by its name (``FROM ... AS name``)."""
+    stages: dict[str, str] = {}
+    name = ""
+    for line in dockerfile.splitlines(keepends=True):
+        if line.startswith("FROM "):
+            name = line.split()[-1]
+        if name:
+            stages[name] = stages.get(name, "") + line
+    return stages
+
+
+def _hub_job(tmp_path: Path, name: str = "transformers-model-dataset") -> ResolvedJob:
+    return hub_resolved(write_job(tmp_path, CASES[name][0], {"main.py": "print(1)\n"}))
+
+
+def test_each_repo_is_fetched_in_its_own_stage_and_copied_as_its_own_layer(
+        tmp_path: Path) -> None:
+    job = _hub_job(tmp_path)
+    dockerfile = render(job, ca_bundle=False).dockerfile
+    stages = _stages(dockerfile)
+    assert list(stages) == ["deps", "fetcher", "hub-0", "hub-1", "job"]
+    job_stage = stages["job"].splitlines()
+    copies = [i for i, line in enumerate(job_stage) if line.startswith("COPY --from=hub-")]
+    job_files = job_stage.index("COPY job/ /job/")
+    # One COPY per repo, in order, after the deps (the stage's parent) and before the job's files.
+    assert [job_stage[i] for i in copies] == ["COPY --from=hub-0 /out/ /",
+                                              "COPY --from=hub-1 /out/ /"]
+    assert max(copies) < job_files
+    assert "ENV HF_HOME=/opt/hf" in stages["job"] and "HF_HUB_OFFLINE=1" in stages["job"]
+    assert "TRANSFORMERS_OFFLINE=1" in stages["job"]
+    for i, repo in enumerate(job.hub_repos):
+        assert (f"# {repo.repo.kind} {repo.repo.repo} @ {repo.commit}\nFROM fetcher AS hub-{i}\n"
+                in dockerfile)
+        assert f"hubfetch.py fetch /opt/bake/hub/{i}.json" in stages[f"hub-{i}"]
+
+
+def test_fetch_stages_see_no_buyer_input_and_the_token_only_there(tmp_path: Path) -> None:
+    job = _hub_job(tmp_path)
+    stages = _stages(render(job, ca_bundle=True, hub_token=True).dockerfile)
+    for name, text in stages.items():
+        fetching = name == "fetcher" or name.startswith("hub-")
+        # Buyer input (requirements, job files) never enters a stage that holds the token.
+        if fetching:
+            assert "requirements.txt" not in text and "job/" not in text
+            assert text.startswith(("FROM python:3.11-slim AS fetcher", "FROM fetcher AS"))
+        assert ("id=hf_token" in text) == name.startswith("hub-"), name
+        assert ("id=bake_hf_endpoint" in text) == name.startswith("hub-"), name
+    # The fetcher's client comes through pip with the seller's config and CA, like the deps.
+    assert "id=bake_pip" in stages["fetcher"] and "id=bake_ca" in stages["fetcher"]
+    assert "SSL_CERT_FILE=/run/secrets/bake_ca" in stages["hub-0"]
+
+
+def test_no_token_mount_without_a_token(tmp_path: Path) -> None:
+    dockerfile = render(_hub_job(tmp_path), ca_bundle=False, hub_token=False).dockerfile
+    assert "hf_token" not in dockerfile and "bake_ca" not in dockerfile
+
+
+def test_spec_values_reach_the_dockerfile_only_as_validated_words(tmp_path: Path) -> None:
+    job = _hub_job(tmp_path)
+    context = render(job, ca_bundle=False)
+    # Patterns and the revision name travel in bake/hub/<i>.json, not in the Dockerfile text.
+    for text in ("*.json", "*.safetensors", "data/validation.csv", "v1.0"):
+        assert text not in context.dockerfile
+    files = {f.path: f for f in context.files}
+    import json
+
+    doc = json.loads(files["bake/hub/1.json"].data or b"")
+    assert doc == {"kind": "dataset", "repo": "bake-demo/tiny-reviews",
+                   "commit": job.datasets[0].commit, "revision": "v1.0",
+                   "include": ["data/validation.csv"], "exclude": []}
+
+
+def test_hub_context_holds_the_client_pin_the_script_and_one_spec_per_repo(
+        tmp_path: Path) -> None:
+    context = render(_hub_job(tmp_path), ca_bundle=False)
+    out = context.write(tmp_path / "ctx")
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert written == ["Dockerfile", "bake/hub-client.txt", "bake/hub/0.json", "bake/hub/1.json",
+                       "bake/hubfetch.py", "bake/requirements.txt", "job/main.py"]
+    pins = [line for line in (out / "bake/hub-client.txt").read_text().splitlines()
+            if line and not line.startswith("#")]
+    assert pins and all(line.startswith("huggingface_hub==") for line in pins)
+
+
+def test_jobs_without_models_render_no_hub_stage(tmp_path: Path) -> None:
+    job = resolved(write_job(tmp_path, CASES["python-requirements"][0], {"main.py": "x"}))
+    dockerfile = render(job, ca_bundle=True, hub_token=True).dockerfile
+    assert "fetcher" not in dockerfile and "HF_HOME" not in dockerfile
+    assert "hf_token" not in dockerfile

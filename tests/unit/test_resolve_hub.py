@@ -1,0 +1,139 @@
+"""resolve.py's Hub part: branches pinned, patterns checked at key time, errors exit 2.
+
+Against tests/hubserver.py on loopback with the real client (what ``bake key`` does),
+and with a fake Hub for what resolve asks of it.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bake.cache.key import compute_key
+from bake.errors import HubError
+from bake.resolve import ClientHub, resolve
+from bake.settings import BuildSettings, Settings
+from bake.spec import HubRepo, load_spec
+from tests.conftest import write_job
+from tests.unit.helpers import fixed_base
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from hubserver import HubRepo as ServedRepo
+from hubserver import RunningHub, start_hub
+
+TOKEN = "hf_resolve_unit_token_5a4b3c2d1e"
+FILES = {"config.json": b"{}\n", "model.safetensors": b"\0" * 64, "notes.txt": b"x\n"}
+
+
+@pytest.fixture
+def hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[RunningHub]:
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    from huggingface_hub.utils import close_session
+
+    close_session()  # a fresh client session in this clean environment (no proxy variables)
+    repos = [
+        ServedRepo("model", "org/model", branches={"main": FILES}, tags={"v1": "main"}),
+        ServedRepo("dataset", "org/data", branches={"main": {"data/a.csv": b"a\n"}}),
+        ServedRepo("model", "org/gated", branches={"main": FILES}, gated=True),
+    ]
+    with start_hub(repos, tokens=[TOKEN]) as running:
+        yield running
+    close_session()
+
+
+def _spec(tmp_path: Path, tail: str) -> Path:
+    return write_job(tmp_path / "job", f'[job]\ncommand = ["python", "-c", "1"]\n{tail}')
+
+
+def _resolve(spec: Path, hub: RunningHub):  # type: ignore[no-untyped-def]
+    settings = Settings(build=BuildSettings(hf_endpoint=hub.endpoint))
+    return resolve(load_spec(spec), settings, base_lookup=fixed_base)
+
+
+def test_branch_and_tag_are_pinned_to_the_commit(tmp_path: Path, hub: RunningHub) -> None:
+    spec = _spec(tmp_path, '[[models]]\nrepo = "org/model"\n'
+                           '[[datasets]]\nrepo = "org/data"\nrevision = "main"\n'
+                           '[[models]]\nrepo = "org/model"\nrevision = "v1"\n')
+    job = _resolve(spec, hub)
+    head = hub.head("org/model")
+    assert [r.commit for r in job.models] == [head, head]
+    assert job.datasets[0].commit == hub.head("org/data", kind="dataset")
+    manifest = compute_key(job).manifest
+    # The name the buyer gave stays in the manifest beside the commit it pinned.
+    assert [(m["revision"], m["commit"]) for m in manifest["models"]] == [("main", head),
+                                                                          ("v1", head)]
+
+
+def test_key_follows_the_branch_and_only_the_branch(tmp_path: Path, hub: RunningHub) -> None:
+    spec = _spec(tmp_path, '[[models]]\nrepo = "org/model"\n')
+    first = compute_key(_resolve(spec, hub)).digest
+    assert compute_key(_resolve(spec, hub)).digest == first
+    hub.commit("org/model", "main", {**FILES, "config.json": b'{"v": 2}\n'})
+    assert compute_key(_resolve(spec, hub)).digest != first
+
+
+def test_include_pattern_matching_nothing_fails_at_key_time(tmp_path: Path,
+                                                            hub: RunningHub) -> None:
+    spec = _spec(tmp_path, '[[models]]\nrepo = "org/model"\ninclude = ["*.json", "*.bin"]\n')
+    with pytest.raises(HubError) as caught:
+        _resolve(spec, hub)
+    assert caught.value.exit_code == 2 and caught.value.repo == "org/model"
+    assert "'*.bin' matches no file" in caught.value.message
+
+
+def test_missing_repo_and_revision_fail_at_key_time(tmp_path: Path, hub: RunningHub) -> None:
+    for tail, words in (('[[models]]\nrepo = "org/nope"\n', "org/nope"),
+                        ('[[models]]\nrepo = "org/model"\nrevision = "nope"\n', "nope"),
+                        ('[[datasets]]\nrepo = "org/model"\n', "org/model")):
+        with pytest.raises(HubError) as caught:
+            _resolve(_spec(tmp_path, tail), hub)
+        assert caught.value.exit_code == 2 and words in caught.value.message
+
+
+def test_gated_repo_needs_the_token_and_the_token_is_used(
+        tmp_path: Path, hub: RunningHub, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = _spec(tmp_path, '[[models]]\nrepo = "org/gated"\n')
+    with pytest.raises(HubError, match="HF_TOKEN"):
+        _resolve(spec, hub)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    assert _resolve(spec, hub).models[0].commit == hub.head("org/gated")
+    # The file probe ran with the token: access is proven before any build starts.
+    assert any(r.method == "HEAD" and r.authorized and r.status == 200 for r in hub.requests)
+
+
+def test_client_hub_takes_endpoint_from_settings_and_token_from_the_environment(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    client = ClientHub.from_settings(Settings(build=BuildSettings(hf_endpoint="http://h:1")))
+    assert client.endpoint == "http://h:1" and client.token == TOKEN
+    assert TOKEN not in repr(client)
+
+
+class RecordingHub:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, str]] = []
+
+    def resolve_revision(self, repo: HubRepo) -> str:
+        self.calls.append(("resolve", repo.repo, repo.revision))
+        return "c" * 40
+
+    def list_files(self, repo: HubRepo, commit: str) -> list[str]:
+        self.calls.append(("list", repo.repo, commit))
+        return ["config.json"]
+
+
+def test_resolve_lists_each_repo_at_its_pinned_commit(tmp_path: Path) -> None:
+    spec = _spec(tmp_path, '[[models]]\nrepo = "org/a"\n[[datasets]]\nrepo = "org/b"\n')
+    fake = RecordingHub()
+    resolve(load_spec(spec), Settings(), base_lookup=fixed_base, hub=fake)
+    assert fake.calls == [("resolve", "org/a", "main"), ("list", "org/a", "c" * 40),
+                          ("resolve", "org/b", "main"), ("list", "org/b", "c" * 40)]
+
+
+def test_no_hub_is_asked_when_the_job_names_no_repo(tmp_path: Path) -> None:
+    fake = RecordingHub()
+    resolve(load_spec(_spec(tmp_path, "")), Settings(), base_lookup=fixed_base, hub=fake)
+    assert fake.calls == []
