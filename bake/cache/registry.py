@@ -179,10 +179,11 @@ def credentials_from_config(config: Mapping[str, Any], config_key: str) -> Crede
         encoded = entry.get("auth")
         if isinstance(encoded, str) and encoded:
             try:
-                user, _, password = base64.b64decode(encoded).decode("utf-8").partition(":")
+                user, sep, password = (base64.b64decode(encoded, validate=True)
+                                       .decode("utf-8").partition(":"))
             except (ValueError, UnicodeDecodeError):
                 return None
-            return Credentials(username=user, password=password)
+            return Credentials(username=user, password=password) if sep else None
         if entry.get("username") and entry.get("password"):
             return Credentials(username=str(entry["username"]), password=str(entry["password"]))
     return None
@@ -624,7 +625,8 @@ def _push_hint(text: str, host: str) -> str:
         why = f"log in with `docker login {host}` (bake uses your Docker credentials)"
     elif any(word in lower for word in ("quota", "space", "storage", "too large")):
         why = "the registry is out of space or quota; free some or raise the quota"
-    elif "unsupported" in lower or "read-only" in lower or "readonly" in lower:
+    elif any(word in lower for word in ("unsupported", "read-only", "readonly",
+                                         "method not allowed")):
         why = "the registry is read-only; ask its operator"
     else:
         why = "fix the registry"
