@@ -331,7 +331,7 @@ def doctor(json: JsonOpt = False) -> None:
         raise typer.Exit(1)
 
 
-def _on_sigterm(signum: int, frame: Any) -> NoReturn:
+def _on_signal(signum: int, frame: Any) -> NoReturn:
     raise Interrupted(signum)
 
 
@@ -341,7 +341,11 @@ def main(argv: list[str] | None = None) -> NoReturn:
 
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGTERM, _on_signal)
+    # SIGINT too: typer turns a KeyboardInterrupt into a silent exit 130 before main()
+    # sees it, so Ctrl-C would end a build without saying so.  An Interrupted (a
+    # BakeError) passes typer untouched and is reported like any other error.
+    signal.signal(signal.SIGINT, _on_signal)
     try:
         code = app(args=args, prog_name="bake", standalone_mode=False)
     except BakeError as exc:
