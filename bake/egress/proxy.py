@@ -271,6 +271,9 @@ class _Proxy:
             except asyncio.CancelledError:
                 tunnel.close("proxy-closed", abort=True)
                 raise
+            except Exception:
+                tunnel.close("proxy-error", abort=True)
+                raise
         except _Reject as exc:
             self.ledger.decision(client=client.name, allowed=False, reason=exc.reason,
                                  host=exc.host, port=exc.port, address=exc.address)
