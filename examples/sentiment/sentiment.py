@@ -22,7 +22,8 @@ config = AutoConfig.from_pretrained(MODEL)
 with open(hf_hub_download(MODEL, "lexicon.json"), encoding="utf-8") as fh:
     lexicon = json.load(fh)
 with safe_open(hf_hub_download(MODEL, "model.safetensors"), framework="numpy") as weights:
-    parameters = sum(math.prod(weights.get_slice(name).get_shape()) for name in weights.keys())
+    names = weights.keys()  # safe_open has keys() but is not iterable itself
+    parameters = sum(math.prod(weights.get_slice(name).get_shape()) for name in names)
 print(f"model {MODEL}: {config.model_type}, labels {sorted(config.label2id)}, "
       f"{parameters:,} parameters, vocabulary of {tokenizer.vocab_size} words")
 
