@@ -331,8 +331,24 @@ def doctor(json: JsonOpt = False) -> None:
         raise typer.Exit(1)
 
 
+# Signals received, in order.  The handler raises KeyboardInterrupt, a BaseException,
+# rather than Interrupted: an `except Exception` or `except BakeError` anywhere below
+# (an iptables probe that treats failure as "not locked", a client library's retry)
+# would otherwise swallow a SIGTERM and let the build run on.  main() then reports it.
+_signals: list[int] = []
+
+
 def _on_signal(signum: int, frame: Any) -> NoReturn:
-    raise Interrupted(signum)
+    _signals.append(signum)
+    raise KeyboardInterrupt
+
+
+def _interrupted() -> NoReturn:
+    from . import console
+
+    exc = Interrupted(_signals[0] if _signals else signal.SIGINT)
+    console.error(exc)
+    sys.exit(exc.exit_code)
 
 
 def main(argv: list[str] | None = None) -> NoReturn:
@@ -341,25 +357,25 @@ def main(argv: list[str] | None = None) -> NoReturn:
 
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
+    _signals.clear()
     signal.signal(signal.SIGTERM, _on_signal)
-    # SIGINT too: typer turns a KeyboardInterrupt into a silent exit 130 before main()
-    # sees it, so Ctrl-C would end a build without saying so.  An Interrupted (a
-    # BakeError) passes typer untouched and is reported like any other error.
     signal.signal(signal.SIGINT, _on_signal)
     try:
         code = app(args=args, prog_name="bake", standalone_mode=False)
     except BakeError as exc:
+        if _signals:
+            _interrupted()
         if debug:
             console.err.print_exception(show_locals=False)
         console.error(exc)
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, typer.Abort):
-        exc2 = Interrupted(signal.SIGINT)
-        console.error(exc2)
-        sys.exit(exc2.exit_code)
+        _interrupted()
     except Exception as exc:  # noqa: BLE001
         import click
 
+        if _signals:
+            _interrupted()
         if isinstance(exc, click.exceptions.ClickException):
             exc.show()
             sys.exit(2 if isinstance(exc, click.exceptions.UsageError) else 1)
@@ -367,4 +383,8 @@ def main(argv: list[str] | None = None) -> NoReturn:
             console.err.print_exception(show_locals=False)
         console.unexpected(exc)
         sys.exit(1)
+    if _signals:
+        # typer turns a KeyboardInterrupt into a plain exit code 130 inside app(): the
+        # signal is only known from the handler's record.
+        _interrupted()
     sys.exit(code if isinstance(code, int) else 0)

@@ -17,10 +17,12 @@ Build steps cannot join a custom network with the engine's built-in BuildKit
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
 import subprocess
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -201,25 +203,38 @@ def prove(image: str, proxy: RunningProxy) -> Proof:
         direct_port = listener.getsockname()[1]
         client = docker_client()
         import docker.errors
+        import requests.exceptions
 
+        # Not containers.run(remove=True): it removes the container only when the run
+        # ends normally, so a Ctrl-C or SIGTERM during the canary left it behind.  A
+        # name of our own lets the finally clause remove it even when the signal lands
+        # after the Engine created it but before create() returned its id.
+        name = f"bake-canary-{uuid.uuid4().hex[:16]}"
         try:
-            output = client.containers.run(
+            container = client.containers.create(
                 image,
                 ["python3", "-c", _CANARY, proxy.host, str(direct_port), str(proxy.port)],
-                remove=True,
+                name=name,
                 network_mode="bridge",
                 cap_drop=["ALL"],
                 security_opt=["no-new-privileges"],
                 user="65534:65534",
                 use_config_proxy=False,
-                stdout=True,
-                stderr=True,
             )
-        except docker.errors.ContainerError as exc:
-            return Proof(False, f"the canary failed to run in {image}: exit {exc.exit_status}")
+            container.start()
+            code = int(container.wait(timeout=60).get("StatusCode", 1))
+            output = container.logs(stdout=True, stderr=False)
+            if code != 0:
+                return Proof(False, f"the canary failed to run in {image}: exit {code}")
         except docker.errors.APIError as exc:
             raise EngineError(f"cannot run the egress canary in {image}: "
                               f"{exc.explanation or exc}") from exc
+        except requests.exceptions.RequestException:
+            return Proof(False, f"the canary in {image} did not finish within 60 s")
+        finally:
+            with contextlib.suppress(docker.errors.APIError,
+                                     requests.exceptions.RequestException):
+                client.api.remove_container(name, force=True)
     finally:
         listener.close()
     try:
