@@ -15,11 +15,8 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-import ssl
 from dataclasses import dataclass
 from typing import Any
-from urllib.error import HTTPError, URLError
-from urllib.request import HTTPSHandler, ProxyHandler, Request, build_opener
 
 from .errors import BakeError
 from .settings import Settings, config_path, load_settings
@@ -27,7 +24,6 @@ from .settings import Settings, config_path, load_settings
 __all__ = ["Check", "run_checks"]
 
 _DEFAULT_SOCKET = "unix:///var/run/docker.sock"
-_REGISTRY_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -237,54 +233,34 @@ def check_confinement(settings: Settings, *, engine_ok: bool) -> Check:
                  fix="bake egress unlock && bake egress lock   # as root; then bake egress status")
 
 
-# -- registry --------------------------------------------------------------------------------
+# -- registry ------------------------------------------------------------------------------
+
+# A tag no one pushes: the registry answering "no such manifest" proves the address,
+# the scheme the Engine uses and the credentials, with nothing fetched.
+_PROBE_TAG = "bake-doctor-probe"
 
 
 def check_registry(settings: Settings) -> Check:
+    """Ask the registry for a manifest the way builds do (``Registry.exists``)."""
     repository = settings.registry.repository
     if not repository:
         return Check("registry", True, "not configured: images stay on this engine "
                      "(set registry.repository to share them)")
-    from .reference import parse_image_ref
+    from .cache.registry import Registry, split_image
+    from .errors import RegistryError
 
-    domain = parse_image_ref(repository).domain or "registry-1.docker.io"
+    host = split_image(f"{repository}:{_PROBE_TAG}").host
+    source = settings.source("registry.repository")
     try:
-        scheme, status = _probe_registry(domain)
-    except OSError as exc:
-        return Check(
-            "registry", False, f"{domain} (registry.repository = {repository}) does not answer "
-            f"on /v2/: {exc}",
-            fix=f"start the registry (e.g. docker-registry serve CONFIG with http.addr: {domain}) "
-            f"or correct registry.repository (from {settings.source('registry.repository')})",
-        )
-    if status == 401:
-        # Anonymous probes of a registry with accounts always get 401: it answers.
-        return Check("registry", True, f"{domain} answers over {scheme} and asks for "
-                     f"credentials (`docker login {domain}` if pushes or pulls are refused)")
-    if status != 200:
-        return Check("registry", False, f"{domain} answered HTTP {status} to /v2/ over {scheme}: "
-                     "not a Docker registry (Distribution API v2)",
-                     fix=f"correct registry.repository (from "
-                     f"{settings.source('registry.repository')})")
-    return Check("registry", True, f"{domain} answers over {scheme}; images are shared as "
-                 f"{repository}:<key>")
-
-
-def _probe_registry(domain: str) -> tuple[str, int]:
-    """GET /v2/ over HTTPS, else plain HTTP (the Engine allows that for loopback registries)."""
-    # Straight to the registry: a seller's HTTPS_PROXY is not the Engine's route to it.
-    opener = build_opener(ProxyHandler({}), HTTPSHandler(context=ssl.create_default_context()))
-    last: OSError | None = None
-    for scheme in ("https", "http"):
-        try:
-            with opener.open(Request(f"{scheme}://{domain}/v2/"),
-                             timeout=_REGISTRY_TIMEOUT) as response:
-                return scheme, int(response.status)
-        except HTTPError as exc:
-            return scheme, int(exc.code)
-        except URLError as exc:
-            last = OSError(str(exc.reason))
-        except OSError as exc:
-            last = exc
-    assert last is not None
-    raise last
+        Registry(settings).exists(f"{repository}:{_PROBE_TAG}")
+    except RegistryError as exc:
+        if exc.message.startswith("cannot reach"):
+            fix = (f"start the registry (e.g. docker-registry serve CONFIG, with http.addr "
+                   f"{host}) or correct registry.repository in {source}")
+        else:
+            fix = exc.hint or f"check the registry at {host}"
+        return Check("registry", False, exc.message, fix=fix)
+    except BakeError as exc:  # the Engine's registry settings could not be read
+        return Check("registry", False, exc.message, fix=exc.hint or engine_fix())
+    return Check("registry", True, f"{host} answers and lets bake look up images; they are "
+                 f"shared as {repository}:<key>")

@@ -91,6 +91,22 @@ def test_doctor_on_this_host_passes(host: Host) -> None:
     assert str(host.config) in checks["config"]["detail"]
 
 
+def test_doctor_reaches_a_real_registry_and_says_when_it_is_gone(
+        host: Host, tmp_path: Path) -> None:
+    from tests.integration.conftest import serve_registry
+
+    with serve_registry(tmp_path / "registry") as registry:
+        host.registry["repository"] = registry.repository("doctor")
+        proc = host.bake("doctor", "--json", timeout=180)
+        check = {c["name"]: c for c in json.loads(proc.stdout)}["registry"]
+        assert check["ok"] is True and registry.address in check["detail"], check
+    proc = host.bake("doctor", "--json", timeout=180)  # the registry has stopped
+    check = {c["name"]: c for c in json.loads(proc.stdout)}["registry"]
+    assert proc.returncode == 1 and check["ok"] is False
+    assert "cannot reach the registry" in check["detail"]
+    assert check["fix"].startswith("start the registry")
+
+
 # -- BuildKit CLI missing ------------------------------------------------------------------
 
 

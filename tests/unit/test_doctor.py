@@ -104,15 +104,16 @@ def test_unconfined_egress_fails_only_when_required(monkeypatch: pytest.MonkeyPa
 
 @pytest.fixture
 def registry() -> Iterator[tuple[str, list[int]]]:
-    """A loopback HTTP server answering /v2/ with the status the test puts in the list."""
-    status = [200]
+    """A loopback HTTP server answering manifest requests with the status the test sets."""
+    status = [404]
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(status[0] if self.path == "/v2/" else 404)
-            self.send_header("Content-Length", "2")
+        def do_HEAD(self) -> None:
+            self.send_response(status[0] if "/manifests/" in self.path else 404)
+            self.send_header("Content-Length", "0")
             self.end_headers()
-            self.wfile.write(b"{}")
+
+        do_GET = do_HEAD
 
         def log_message(self, *args: object) -> None:
             pass
@@ -126,9 +127,10 @@ def registry() -> Iterator[tuple[str, list[int]]]:
 
 
 @pytest.mark.parametrize(("status", "ok", "words"), [
-    (200, True, "answers over http"),
-    (401, True, "docker login"),
-    (404, False, "not a Docker registry"),
+    (404, True, "answers and lets bake look up images"),  # no such tag: reachable, allowed
+    (200, True, "answers and lets bake look up images"),
+    (401, False, "answered 401"),
+    (500, False, "answered 500"),
 ])
 def test_registry_answers(registry: tuple[str, list[int]], status: int, ok: bool,
                           words: str) -> None:
@@ -139,6 +141,8 @@ def test_registry_answers(registry: tuple[str, list[int]], status: int, ok: bool
     check = doctor.check_registry(Settings(registry=RegistrySettings(repository=f"{address}/b")))
     assert check.ok is ok and words in check.detail, check
     assert bool(check.fix) is not ok
+    if status == 401:
+        assert f"docker login {address}" in check.fix
 
 
 def test_a_registry_that_does_not_answer_says_so() -> None:
@@ -149,7 +153,7 @@ def test_a_registry_that_does_not_answer_says_so() -> None:
         port = probe.getsockname()[1]
     check = doctor.check_registry(Settings(registry=RegistrySettings(
         repository=f"127.0.0.1:{port}/bake")))
-    assert not check.ok and "does not answer" in check.detail
+    assert not check.ok and "cannot reach the registry" in check.detail
     assert "docker-registry serve" in check.fix
 
 
