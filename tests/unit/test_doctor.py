@@ -119,7 +119,8 @@ def registry() -> Iterator[tuple[str, list[int]]]:
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
     thread.start()
     yield f"127.0.0.1:{server.server_address[1]}", status
     server.shutdown()
