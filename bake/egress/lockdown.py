@@ -17,11 +17,11 @@ Build steps cannot join a custom network with the engine's built-in BuildKit
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import socket
 import subprocess
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -191,6 +191,23 @@ print(json.dumps({{"direct": attempt(direct),
 """
 
 
+def _remove_canary(client: Any, name: str, *, maybe_in_flight: bool) -> None:
+    """Remove the canary by name.  When create() never returned (a signal cut it short),
+    the Engine may still be creating it: look again for a moment before giving up."""
+    import docker.errors
+    import requests.exceptions
+
+    for attempt in range(10 if maybe_in_flight else 1):
+        try:
+            client.api.remove_container(name, force=True)
+            return
+        except docker.errors.NotFound:
+            if attempt < 9 and maybe_in_flight:
+                time.sleep(0.1)
+        except (docker.errors.APIError, requests.exceptions.RequestException):
+            return
+
+
 def prove(image: str, proxy: RunningProxy) -> Proof:
     """Run the canary in a container on the bridge, next to a live proxy."""
     from ..cache.store import docker_client
@@ -210,6 +227,7 @@ def prove(image: str, proxy: RunningProxy) -> Proof:
         # name of our own lets the finally clause remove it even when the signal lands
         # after the Engine created it but before create() returned its id.
         name = f"bake-canary-{uuid.uuid4().hex[:16]}"
+        created = False
         try:
             container = client.containers.create(
                 image,
@@ -221,6 +239,7 @@ def prove(image: str, proxy: RunningProxy) -> Proof:
                 user="65534:65534",
                 use_config_proxy=False,
             )
+            created = True
             container.start()
             code = int(container.wait(timeout=60).get("StatusCode", 1))
             output = container.logs(stdout=True, stderr=False)
@@ -232,9 +251,7 @@ def prove(image: str, proxy: RunningProxy) -> Proof:
         except requests.exceptions.RequestException:
             return Proof(False, f"the canary in {image} did not finish within 60 s")
         finally:
-            with contextlib.suppress(docker.errors.APIError,
-                                     requests.exceptions.RequestException):
-                client.api.remove_container(name, force=True)
+            _remove_canary(client, name, maybe_in_flight=not created)
     finally:
         listener.close()
     try:
