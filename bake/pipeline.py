@@ -309,10 +309,39 @@ def _secrets(folder: Path, cfg: Settings, job: ResolvedJob, hf_token: str) -> di
         secrets["bake_ca"] = Path(cfg.build.ca_bundle)
     if job.hub_repos:
         endpoint = hub_endpoint(cfg) or "https://huggingface.co"
+        _check_hub_egress(cfg, endpoint)
         secrets["bake_hf_endpoint"] = _write_secret(folder / "hf_endpoint", endpoint)
         if hf_token:
             secrets["hf_token"] = _write_secret(folder / "hf_token", hf_token)
     return secrets
+
+
+def _check_hub_egress(cfg: Settings, endpoint: str) -> None:
+    """Refuse a build whose fetch steps could not reach the Hub through the egress proxy.
+
+    Without this the proxy's 403 surfaces minutes later, inside a fetch step, as
+    "the Hub answered HTTP 403" (the client cannot tell the proxy from the Hub).
+    """
+    from urllib.parse import urlsplit
+
+    from .egress.policy import EgressPolicy
+    from .errors import ConfigError
+
+    policy = EgressPolicy.from_settings(cfg.egress.allow, cfg.egress.allow_http,
+                                        cfg.egress.allow_cidrs)
+    parts = urlsplit(endpoint)
+    if parts.scheme == "http":
+        allowed = policy.check_http(f"{parts.scheme}://{parts.netloc}/").allowed
+        where = f'egress.allow_http (as "{parts.scheme}://{parts.netloc}")'
+    else:
+        allowed = policy.check_connect(f"{parts.hostname}:{parts.port or 443}").allowed
+        where = f'egress.allow (as "{parts.hostname}")'
+    if not allowed:
+        raise ConfigError(
+            f"the job fetches from the Hub at {endpoint}, which the egress settings do not allow",
+            field="build.hf_endpoint",
+            hint=f"add it to {where}, or point build.hf_endpoint at an allowed mirror",
+        )
 
 
 def _write_secret(path: Path, text: str) -> Path:

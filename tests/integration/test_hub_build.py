@@ -358,3 +358,15 @@ def test_a_failing_self_check_fails_the_build_and_leaves_no_image(
     assert proc.returncode == 3, proc.stderr
     assert "self-check" in proc.stderr and "config.json" in proc.stderr
     assert inspect_image(f"bake:{key}") is None
+
+
+def test_a_hub_the_proxy_would_refuse_fails_before_the_build(seller: Host, hub: RunningHub,
+                                                             tmp_path: Path) -> None:
+    host = Host(folder=tmp_path / "seller", build=dict(seller.build),
+                egress={k: v for k, v in seller.egress.items() if k != "allow_http"})
+    host.folder.mkdir()
+    spec = write_job(tmp_path / "job", SPEC_B, {"main.py": MAIN_B})
+    proc = host.bake("build", str(spec))
+    assert proc.returncode == 2, proc.stderr
+    assert "egress.allow_http" in proc.stderr and hub.endpoint in proc.stderr
+    assert "building" not in proc.stderr
