@@ -18,6 +18,7 @@ import stat
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,12 +172,16 @@ def run_job(
     staging = _staging(user) if plan.output is not None else None
     started = time.monotonic()
     container = None
+    # A name of bake's own: a Ctrl-C that lands while the Engine is creating the
+    # container (before create() returns its id) must not leave it behind.
+    name = f"bake-job-{uuid.uuid4().hex[:16]}"
     out_stream = stdout if stdout is not None else _stdbuffer("stdout")
     err_stream = stderr if stderr is not None else _stdbuffer("stderr")
     try:
         try:
             container = client.containers.create(
-                **container_config(plan, user=user, out_dir=str(staging) if staging else None)
+                name=name,
+                **container_config(plan, user=user, out_dir=str(staging) if staging else None),
             )
             container.start()
         except docker.errors.APIError as exc:
@@ -214,11 +219,26 @@ def run_job(
             memory_limit=plan.limits.memory,
         )
     finally:
-        if container is not None:
-            with contextlib.suppress(docker.errors.APIError, requests.exceptions.RequestException):
-                container.remove(force=True)
+        _remove(client, name, maybe_in_flight=container is None)
         if staging is not None:
             shutil.rmtree(staging.parent, ignore_errors=True)
+
+
+def _remove(client: Any, name: str, *, maybe_in_flight: bool) -> None:
+    """Remove the job's container by name; when create() never returned, the Engine may
+    still be making it, so look again for a moment before giving up."""
+    import docker.errors
+    import requests.exceptions
+
+    for attempt in range(10 if maybe_in_flight else 1):
+        try:
+            client.api.remove_container(name, force=True)
+            return
+        except docker.errors.NotFound:
+            if maybe_in_flight and attempt < 9:
+                time.sleep(0.1)
+        except (docker.errors.APIError, requests.exceptions.RequestException):
+            return
 
 
 def _stdbuffer(name: str) -> IO[bytes]:

@@ -100,3 +100,46 @@ def test_output_collection_does_not_write_through_links_in_the_destination(
     assert list(elsewhere.iterdir()) == []
     assert "sub" in skipped
     assert not (dest / "result.txt").is_symlink() and (dest / "result.txt").read_text() == "ok\n"
+
+
+class _Engine:
+    """A fake docker client whose create() is cut short by Ctrl-C after the Engine made
+    the container, which then shows up only a moment later (as a real Engine's would)."""
+
+    def __init__(self) -> None:
+        import docker.errors
+
+        self.errors = docker.errors
+        self.pending: str | None = None
+        self.made: set[str] = set()
+        self.lookups = 0
+        self.api = self
+        self.containers = self
+
+    def inspect_image(self, image: str) -> dict[str, object]:
+        return {"Config": {"User": "10001:10001"}}
+
+    def create(self, *, name: str, **config: object) -> None:
+        self.pending = name
+        raise KeyboardInterrupt  # the signal lands while the request is in flight
+
+    def remove_container(self, name: str, force: bool = False) -> None:
+        self.lookups += 1
+        if self.lookups == 3 and self.pending == name:
+            self.made.add(name)  # the Engine finished creating it just now
+        if name not in self.made:
+            raise self.errors.NotFound(f"no such container: {name}")
+        self.made.remove(name)
+
+
+def test_a_container_whose_create_was_interrupted_is_still_removed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from bake.cache import store
+    from bake.runner import run_job
+
+    engine = _Engine()
+    monkeypatch.setattr(store, "docker_client", lambda: engine)
+    with pytest.raises(KeyboardInterrupt):
+        run_job(RunPlan("img", ("python",)), stream=False)
+    assert engine.pending and engine.pending.startswith("bake-job-")
+    assert engine.lookups == 3 and engine.made == set()  # found on the third look, removed
