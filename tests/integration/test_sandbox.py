@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -178,9 +180,13 @@ def connect(host, port):
     except OSError as exc:
         return {"connect": name(exc) if exc.errno else type(exc).__name__}
 
+def sleep():
+    print("sleeping", flush=True)
+    time.sleep(300)
+
 what = sys.argv[1]
 result = {"probe": probe, "forkbomb": forkbomb, "balloon": balloon, "tmpfill": tmpfill,
-          "output": output, "env": lambda: dict(os.environ),
+          "output": output, "env": lambda: dict(os.environ), "sleep": sleep,
           "connect": lambda: connect(*sys.argv[2:4])}[what]()
 print("RESULT " + json.dumps(result), flush=True)
 '''
@@ -372,6 +378,31 @@ def test_the_sellers_environment_never_reaches_the_job(sandbox: dict[str, Any],
         assert canary not in text, canary
     assert not any(name.lower().endswith("_proxy") for name in job_env)
     assert job_env["HOME"] == "/tmp" and job_env["PATH"].startswith("/opt/venv/bin")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_during_the_job_stops_and_removes_its_container(sandbox: dict[str, Any],
+                                                                 signum: int) -> None:
+    host: Host = sandbox["host"]
+    key = sandbox["image"].rpartition(":")[2]
+    proc = subprocess.Popen([sys.executable, "-m", "bake", "--config", str(host.config), "run",
+                             str(sandbox["job"] / "bake.toml"), "--", "sleep"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "sleeping"
+        running = subprocess.run(["docker", "ps", "-q", "--filter", f"label=bake.job={key}"],
+                                 capture_output=True, text=True, check=True).stdout.split()
+        assert len(running) >= 1  # the job's container, running now
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 128 + signum, err
+    assert f"interrupted by {signal.Signals(signum).name}" in err
+    left = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=bake.job={key}"],
+                          capture_output=True, text=True, check=True).stdout.split()
+    assert not set(running) & set(left)
 
 
 def test_no_container_is_left_behind(sandbox: dict[str, Any]) -> None:
