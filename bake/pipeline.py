@@ -221,23 +221,10 @@ def _build(job: ResolvedJob, image_key: ImageKey, image: str, cfg: Settings, *, 
 
 
 def _prebaked_deps(job: ResolvedJob, cfg: Settings) -> tuple[str, ...]:
-    """The prebaked image that holds this job's dependency layer, as a --cache-from source.
+    """The prebaked image holding this job's dependency layer, if any: a --cache-from source."""
+    from .prebake import prebaked_deps
 
-    Its key is that of the job's deps twin (bake/prebake.py): what `bake prebake`
-    bakes for a variant with this template, base and requirements.  BuildKit looks
-    for it among the engine's images, then in the registry.
-    """
-    import dataclasses
-
-    from .prebake import deps_twin
-
-    twin = deps_twin(job.spec)
-    if twin is None:
-        return ()
-    twin_key = compute_key(dataclasses.replace(job, spec=twin, models=(), datasets=(),
-                                               file_digests=()))
-    ref = twin_key.image(cfg.image_repository)
-    return (ref,) if cfg.registry.repository or has_image(ref) else ()
+    return prebaked_deps(job, cfg)
 
 
 @contextlib.contextmanager

@@ -31,9 +31,10 @@ from .spec import JobSpec, parse_spec
 if TYPE_CHECKING:
     from .cache.registry import Registry
     from .pipeline import Reporter
+    from .resolve import ResolvedJob
     from .settings import Settings
 
-__all__ = ["PREBAKE_COMMAND", "Outcome", "deps_twin", "prebake", "variant_spec"]
+__all__ = ["PREBAKE_COMMAND", "Outcome", "deps_twin", "prebake", "prebaked_deps", "variant_spec"]
 
 # Part of every variant's key: changing it re-keys every prebaked image.
 PREBAKE_COMMAND = ("python", "-c", "print('baked ahead by bake prebake')")
@@ -91,6 +92,35 @@ def deps_twin(spec: JobSpec) -> JobSpec | None:
 
 
 # --- the execution -----------------------------------------------------------------------------
+
+
+def prebaked_deps(job: ResolvedJob, cfg: Settings) -> tuple[str, ...]:
+    """The image of ``job``'s deps twin, when this engine or the registry has it.
+
+    The pipeline hands it to BuildKit as ``--cache-from``.  Asking first (an image
+    inspect, then one manifest request) keeps BuildKit from trying a source that
+    is not there, or a registry that is down.
+    """
+    from .cache.key import compute_key
+    from .cache.registry import Registry
+    from .cache.store import has_image
+    from .errors import RegistryError
+
+    twin = deps_twin(job.spec)
+    if twin is None:
+        return ()
+    # The twin shares the job's template and base, so the job's resolution holds for it.
+    twin_key = compute_key(dataclasses.replace(job, spec=twin, models=(), datasets=(),
+                                               file_digests=()))
+    ref = twin_key.image(cfg.image_repository)
+    if has_image(ref):
+        return (ref,)
+    if cfg.registry.repository:
+        try:
+            return (ref,) if Registry(cfg).exists(ref) else ()
+        except RegistryError:
+            return ()  # the pull step has already warned about this registry
+    return ()
 
 
 def prebake(
