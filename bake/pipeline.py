@@ -185,7 +185,7 @@ def _build(job: ResolvedJob, image_key: ImageKey, image: str, cfg: Settings, *, 
         secrets = _secrets(work / "secrets", cfg, job, hf_token)
         labels = {
             "bake.key": image_key.digest,
-            "bake.manifest": image_key.manifest_json(),
+            "bake.manifest": image_key.label(),
             "bake.template": job.template.name,
             "org.opencontainers.image.title": job.spec.name or job.template.name,
             "org.opencontainers.image.base.name": job.base_ref,

@@ -105,7 +105,12 @@ def container_config(plan: RunPlan, *, user: str, out_dir: str | None) -> dict[s
         "cap_drop": ["ALL"],
         "security_opt": ["no-new-privileges"],
         "read_only": True,
-        "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={limits.tmp}"},
+        # exec: JIT compilers (torch inductor, numba, triton) load what they build
+        # in /tmp; without a network that is no wider a door than python itself.
+        "tmpfs": {"/tmp": f"rw,exec,nosuid,nodev,size={limits.tmp}"},
+        # The job's output is kept by the engine until bake removes the container;
+        # cap it so that a chatty job cannot fill the host's disk.
+        "log_config": {"type": "json-file", "config": {"max-size": "64m", "max-file": "1"}},
         "pids_limit": limits.pids,
         "mem_limit": limits.memory,
         "memswap_limit": limits.memory,  # no swap beyond the memory limit

@@ -418,7 +418,9 @@ class _Parser:
                 stat = item.stat()
                 total += stat.st_size
                 mode = 0o755 if stat.st_mode & 0o111 else 0o644
-                found[dest] = JobFile(dest, item, mode)
+                # The real file, not the link: the build opens it without following
+                # links, so a link swapped in after this check cannot lead out.
+                found[dest] = JobFile(dest, item.resolve(), mode)
         if len(found) > MAX_JOB_FILES:
             raise SpecError(f"more than {MAX_JOB_FILES} files", field="job.files")
         if total > MAX_JOB_BYTES:

@@ -8,12 +8,13 @@ and the job's declared files under ``job/``.  Nothing else of the host is sent.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import SetupError
 from ..resolve import ResolvedJob
 from .templates import HUBFETCH
 
@@ -29,6 +30,7 @@ class ContextFile:
     data: bytes | None = None
     source: Path | None = None
     mode: int = 0o644
+    sha256: str | None = None  # what the key says the file holds
 
 
 @dataclass(frozen=True)
@@ -47,9 +49,36 @@ class BuildContext:
             if item.data is not None:
                 target.write_bytes(item.data)
             elif item.source is not None:
-                shutil.copyfile(item.source, target, follow_symlinks=True)
+                _copy_checked(item, target)
             os.chmod(target, item.mode)
         return folder
+
+
+def _copy_checked(item: ContextFile, target: Path) -> None:
+    """Copy a job file, refusing one that changed since the key was computed.
+
+    The key was made from the bytes read at resolve time; an image must hold those
+    bytes, not whatever a symlink swap or an edit put there in between.
+    """
+    assert item.source is not None
+    digest = hashlib.sha256()
+    try:
+        fd = os.open(item.source, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise SetupError(
+            f"cannot read job file {item.path.removeprefix('job/')}: {exc.strerror} "
+            "(replaced by a link since bake checked it?)",
+            hint="leave the job's files alone until the build ends, then build again",
+        ) from None
+    with os.fdopen(fd, "rb") as src, open(target, "wb") as dst:
+        for chunk in iter(lambda: src.read(1 << 20), b""):
+            digest.update(chunk)
+            dst.write(chunk)
+    if item.sha256 is not None and digest.hexdigest() != item.sha256:
+        raise SetupError(
+            f"job file {item.path.removeprefix('job/')} changed while bake was building",
+            hint="leave the job's files alone until the build ends, then build again",
+        )
 
 
 def hub_cache_dir(kind: str, repo: str) -> str:
@@ -105,7 +134,10 @@ def render(job: ResolvedJob, *, ca_bundle: bool, hub_token: bool = False) -> Bui
             }
             files.append(ContextFile(f"bake/hub/{entry['index']}.json",
                                      json.dumps(doc, indent=1).encode()))
-    files.extend(ContextFile(f"job/{f.dest}", source=f.source, mode=f.mode) for f in spec.files)
+    files.extend(
+        ContextFile(f"job/{f.dest}", source=f.source, mode=f.mode, sha256=digest)
+        for f, digest in zip(spec.files, job.file_digests, strict=True)
+    )
     return BuildContext(dockerfile, tuple(files))
 
 

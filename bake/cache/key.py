@@ -21,6 +21,7 @@ __all__ = ["BUILDER_VERSION", "ImageKey", "canonical_json", "compute_key", "mani
 # Bump when a change to bake makes an older image unfit for the same inputs
 # (the way the templates use the context, the venv location, the user...).
 BUILDER_VERSION = "1"
+MAX_LABEL = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,24 @@ class ImageKey:
 
     def manifest_json(self) -> str:
         return canonical_json(self.manifest)
+
+    def label(self) -> str:
+        """The manifest for the image's ``bake.manifest`` label, within a label's size.
+
+        One docker argument may not pass 128 KiB (Linux's MAX_ARG_STRLEN), and a job
+        of thousands of files would: past :data:`MAX_LABEL`, the per-file table gives
+        way to its digest and count (``bake key --explain`` still shows it whole).
+        """
+        text = self.manifest_json()
+        if len(text) <= MAX_LABEL:
+            return text
+        files = self.manifest.get("files", {})
+        short = dict(self.manifest)
+        short["files"] = {
+            "count": len(files),
+            "sha256": hashlib.sha256(canonical_json(files).encode("ascii")).hexdigest(),
+        }
+        return canonical_json(short)
 
 
 def canonical_json(value: Any) -> str:

@@ -64,7 +64,8 @@ def test_container_is_hardened() -> None:
     assert config["cap_drop"] == ["ALL"]
     assert config["security_opt"] == ["no-new-privileges"]
     assert config["read_only"] is True
-    assert config["tmpfs"] == {"/tmp": f"rw,nosuid,nodev,size={2 << 20}"}
+    assert config["tmpfs"] == {"/tmp": f"rw,exec,nosuid,nodev,size={2 << 20}"}
+    assert config["log_config"]["config"]["max-size"] == "64m"
     assert config["pids_limit"] == 100 and config["mem_limit"] == 1 << 30
     assert config["memswap_limit"] == 1 << 30 and config["nano_cpus"] == 1_500_000_000
     assert config["ipc_mode"] == "private" and config["use_config_proxy"] is False

@@ -217,3 +217,26 @@ def test_jobs_without_models_render_no_hub_stage(tmp_path: Path) -> None:
     dockerfile = render(job, ca_bundle=True, hub_token=True).dockerfile
     assert "fetcher" not in dockerfile and "HF_HOME" not in dockerfile
     assert "hf_token" not in dockerfile
+
+
+def test_a_job_file_changed_after_the_key_is_refused(tmp_path: Path) -> None:
+    from bake.errors import SetupError
+
+    spec_path = write_job(tmp_path / "job", CASES["python-requirements"][0],
+                          {"main.py": "print(1)\n"})
+    context = render(resolved(spec_path), ca_bundle=False)
+    (tmp_path / "job" / "main.py").write_text("print('swapped')\n")
+    with pytest.raises(SetupError, match=r"main\.py changed"):
+        context.write(tmp_path / "ctx")
+
+
+def test_a_job_file_swapped_for_a_link_is_not_followed(tmp_path: Path) -> None:
+    spec_path = write_job(tmp_path / "job", CASES["python-requirements"][0],
+                          {"main.py": "print(1)\n"})
+    context = render(resolved(spec_path), ca_bundle=False)
+    (tmp_path / "job" / "main.py").unlink()
+    (tmp_path / "job" / "main.py").symlink_to("/etc/passwd")
+    from bake.errors import SetupError
+
+    with pytest.raises(SetupError, match=r"main\.py"):
+        context.write(tmp_path / "ctx")
