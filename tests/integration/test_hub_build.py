@@ -365,7 +365,8 @@ def test_a_hub_the_proxy_would_refuse_fails_before_the_build(seller: Host, hub: 
     host = Host(folder=tmp_path / "seller", build=dict(seller.build),
                 egress={k: v for k, v in seller.egress.items() if k != "allow_http"})
     host.folder.mkdir()
-    spec = write_job(tmp_path / "job", SPEC_B, {"main.py": MAIN_B})
+    # Code of its own: a key another test built would be a hit, which needs no network.
+    spec = write_job(tmp_path / "job", SPEC_B, {"main.py": MAIN_B + "# refused\n"})
     proc = host.bake("build", str(spec))
     assert proc.returncode == 2, proc.stderr
     assert "egress.allow_http" in proc.stderr and hub.endpoint in proc.stderr
