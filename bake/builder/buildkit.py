@@ -15,6 +15,7 @@ import collections
 import contextlib
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -296,14 +297,25 @@ def _cancel(proc: subprocess.Popen[bytes]) -> None:
         pass
 
 
+_STEP_OUTPUT = re.compile(r"#\d+ \d+\.\d+ (.*)")
+
+
 def _failure(tail: Iterable[str]) -> str:
-    """The most telling line of a failed build's log."""
-    lines = list(tail)
+    """The most telling line of a failed build's log.
+
+    BuildKit ends a failed build with "executor failed running [the whole RUN]";
+    what a person needs is the step's own last error line above it (pip's
+    "ERROR: No matching distribution ...", hubfetch's "bake-fetch: error: ...").
+    """
+    lines = [line.strip() for line in tail]
     for line in reversed(lines):
-        text = line.strip()
-        if text.startswith(("ERROR:", "error:", "ERROR ")) or "did not complete" in text:
-            return text.removeprefix("ERROR:").strip()[:300]
+        step = _STEP_OUTPUT.fullmatch(line)
+        if step and "error" in step.group(1).lower():
+            return step.group(1).strip()[:300]
     for line in reversed(lines):
-        if line.strip():
-            return line.strip()[:300]
+        if line.startswith(("ERROR:", "error:", "ERROR ")) or "did not complete" in line:
+            return line.removeprefix("ERROR:").strip()[:300]
+    for line in reversed(lines):
+        if line:
+            return line[:300]
     return "no output"

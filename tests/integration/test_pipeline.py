@@ -130,6 +130,8 @@ def test_failed_setup_leaves_no_image(host: Host, job: Callable[..., Path]) -> N
     proc = host.bake("build", str(spec))
     assert proc.returncode == 3, proc.stderr
     assert "setup build failed" in proc.stderr
+    # The error names pip's own complaint, not only BuildKit's "executor failed".
+    assert "No matching distribution found for bake-no-such-package-zzz" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert inspect_image(f"bake:{key}") is None
     assert _bake_containers() == []

@@ -83,3 +83,19 @@ def test_job_user_is_never_root() -> None:
     assert job_user("root") == NOBODY
     assert job_user("0:0") == NOBODY
     assert job_user("10001:10001") == "10001:10001"
+
+
+def test_a_failed_build_is_summed_up_by_the_step_s_own_error() -> None:
+    from bake.builder.buildkit import _failure
+
+    log = [
+        "#6 9.620 Looking in indexes: http://172.17.0.1:35093/simple",
+        "#6 9.708 ERROR: Could not find a version that satisfies the requirement zzz==1.0",
+        "#6 9.711 ERROR: No matching distribution found for zzz==1.0",
+        "#6 ERROR: executor failed running [/bin/sh -c python3 -m venv /opt/venv ...]: exit 1",
+        "------",
+        "executor failed running [/bin/sh -c python3 -m venv /opt/venv ...]: exit code: 1",
+    ]
+    assert _failure(log) == "ERROR: No matching distribution found for zzz==1.0"
+    assert _failure(["ERROR: failed to solve: no such file"]) == "failed to solve: no such file"
+    assert _failure([]) == "no output"
