@@ -12,6 +12,7 @@ has.  tinyproxy, when installed, runs the same download as a reference.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import resource
@@ -208,6 +209,28 @@ def https_server() -> Iterator[Setup]:
                 server.stdout.close()
 
 
+@contextmanager
+def openssl_server(setup: Setup, size: int) -> Iterator[Setup]:
+    """``openssl s_server -WWW`` serving one sparse file: a C server, one connection at a time."""
+    www = setup.tmp / "www"
+    www.mkdir(exist_ok=True)
+    with (www / str(size)).open("wb") as f:
+        f.truncate(size)  # sparse: reading it costs page-cache lookups, not disk
+    port = free_port(SERVER_HOST)
+    server = subprocess.Popen(
+        ["openssl", "s_server", "-quiet", "-WWW", "-http_server_binmode",
+         "-accept", f"{SERVER_HOST}:{port}", "-cert", str(setup.cert),
+         "-key", str(setup.tmp / "key.pem")],
+        cwd=www, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_listening(SERVER_HOST, port)
+        yield dataclasses.replace(setup, server_port=port, server_pid=server.pid)
+    finally:
+        server.kill()
+        server.wait()
+
+
 @dataclasses.dataclass
 class Run:
     seconds: float  # the client's own timing of the download
@@ -315,41 +338,55 @@ def main() -> int:
     parser.add_argument("--size-mib", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=5, help="best of this many per path")
     parser.add_argument("--client", choices=["http.client", "raw", "both"], default="both")
+    parser.add_argument("--server", choices=["python", "openssl", "both"], default="both")
     parser.add_argument("--tunnels", type=int, default=200)
     parser.add_argument("--tunnel-kib", type=int, default=256, help="bytes per concurrent tunnel")
     args = parser.parse_args()
     size = args.size_mib * 2**20
     kinds = ["http.client", "raw"] if args.client == "both" else [args.client]
+    servers = ["python", "openssl"] if args.server == "both" else [args.server]
 
     async def resolve(host: str, port: int) -> list[str]:
         return [SERVER_HOST]  # bench.test is ours; no DNS
 
     ratios: dict[str, dict[str, float]] = {}
-    with https_server() as setup:
+    with https_server() as python_setup:
+        for server in servers:
+            with contextlib.ExitStack() as stack:
+                setup = (python_setup if server == "python"
+                         else stack.enter_context(openssl_server(python_setup, size)))
+                policy = dataclasses.replace(
+                    EgressPolicy.from_settings([SERVER_NAME], [], [f"{SERVER_HOST}/32"]),
+                    connect_ports=frozenset({setup.server_port}),
+                )
+                proxy = stack.enter_context(start_proxy(policy, host="127.0.0.1", resolver=resolve))
+                tiny = stack.enter_context(_maybe_tinyproxy(setup))
+                bake_addr = f"{proxy.host}:{proxy.port}"
+                for kind in kinds:
+                    print(f"server {server}, ", end="")
+                    runs = compare(setup, kind, size, args.rounds, bake_addr, tiny)
+                    ratios[f"{server}/{kind}"] = report(kind, size, runs)
+                    print()
+
+        # Many tunnels at once: the threaded Python server takes them all together.
         policy = dataclasses.replace(
             EgressPolicy.from_settings([SERVER_NAME], [], [f"{SERVER_HOST}/32"]),
-            connect_ports=frozenset({setup.server_port}),
+            connect_ports=frozenset({python_setup.server_port}),
         )
         limits = ProxyLimits(max_tunnels=max(256, args.tunnels))
-        with start_proxy(policy, host="127.0.0.1", limits=limits, resolver=resolve) as proxy, \
-                _maybe_tinyproxy(setup) as tiny:
-            bake_addr = f"{proxy.host}:{proxy.port}"
-            for kind in kinds:
-                runs = compare(setup, kind, size, args.rounds, bake_addr, tiny)
-                ratios[kind] = report(kind, size, runs)
-                print()
+        with start_proxy(policy, host="127.0.0.1", limits=limits, resolver=resolve) as proxy:
             start = time.perf_counter()
-            ok = int(run_client(setup, "raw", bake_addr, SERVER_NAME, args.tunnel_kib * 1024,
-                                args.tunnels).seconds)
+            ok = int(run_client(python_setup, "raw", f"{proxy.host}:{proxy.port}", SERVER_NAME,
+                                args.tunnel_kib * 1024, args.tunnels).seconds)
             print(f"concurrent tunnels through bake: {ok}/{args.tunnels} succeeded "
-                  f"({args.tunnel_kib} KiB each, {time.perf_counter() - start:.1f} s)")
-            stats = proxy.stats()
+                  f"({args.tunnel_kib} KiB each, {time.perf_counter() - start:.1f} s); "
+                  f"{proxy.stats().one_line()}")
     parts = []
-    for kind, r in ratios.items():
-        tiny_part = f", tinyproxy {r['tinyproxy']:.2f}" if "tinyproxy" in r else ""
-        parts.append(f"{kind}: bake/direct {r['bake']:.2f}{tiny_part}")
-    print(f"summary: {'; '.join(parts)} (goal >= 0.80); {ok}/{args.tunnels} concurrent tunnels; "
-          f"{stats.one_line()}")
+    for name, r in ratios.items():
+        tiny_part = f" (tinyproxy {r['tinyproxy']:.2f})" if "tinyproxy" in r else ""
+        parts.append(f"{name} {r['bake']:.2f}{tiny_part}")
+    print(f"summary: bake/direct throughput {', '.join(parts)}; goal >= 0.80; "
+          f"{ok}/{args.tunnels} concurrent tunnels ok")
     return 0 if ok == args.tunnels else 1
 
 
