@@ -23,6 +23,7 @@ after the image is tagged locally, and the local image stays.
 from __future__ import annotations
 
 import base64
+import contextlib
 import ipaddress
 import json
 import os
@@ -398,8 +399,9 @@ class Registry:
                 return response
             except _Unreachable as exc:
                 last = f"{scheme}://{ref.host}: {exc}"
+        self.unreachable = f"cannot reach the registry {ref.host} ({last})"
         raise RegistryError(
-            f"cannot reach the registry {ref.host} ({last})",
+            self.unreachable,
             hint="is the registry up and its address right (registry.repository)? "
             "`bake doctor` checks it",
         )
@@ -480,7 +482,6 @@ class Registry:
             if not self.exists(image):
                 return False
         except RegistryError as exc:
-            self.unreachable = exc.message
             reporter.warn(f"{exc.message}; building locally instead")
             return False
         try:
@@ -526,10 +527,10 @@ class Registry:
     def push(self, image: str, reporter: Reporter) -> bool:
         """Push ``image``; a refusal (auth, quota, read-only, any error) is a RegistryError.
 
-        The image is already tagged on this engine and stays there.  When this
-        registry could not even be asked earlier in the same build (:meth:`pull`
-        warned), the push is skipped with a warning and ``False``: an unreachable
-        registry is never the reason a build fails.
+        The image is already tagged on this engine and stays there.  A registry
+        that cannot be reached at all (now, or earlier in the same build) is no
+        refusal: the push is skipped with a warning and ``False``, since an
+        unreachable registry is never the reason a build fails.
         """
         import docker.errors
 
@@ -537,6 +538,11 @@ class Registry:
 
         repository, _, tag = image.rpartition(":")
         host = split_image(image).host
+        if self.unreachable is None:
+            # One manifest request tells "down" from "refuses"; the answer itself
+            # does not matter (a refusal shows up, clearer, in the push).
+            with contextlib.suppress(RegistryError):
+                self.exists(image)
         if self.unreachable is not None:
             reporter.warn(f"not pushed: {self.unreachable}; `bake push SPEC` publishes it later")
             return False
@@ -677,5 +683,8 @@ def push_spec(spec: str | Path | JobSpec, *, settings: Settings | None = None,
     if not has_image(image):
         raise RegistryError(f"{image} is not on this engine, so there is nothing to push",
                             hint="build it first: bake build SPEC (or bake build SPEC --push)")
-    registry.push(image, report)
+    if not registry.push(image, report):
+        raise RegistryError(f"{image} was not pushed: {registry.unreachable}",
+                            hint="start the registry or correct registry.repository, then "
+                            "push again")
     return image

@@ -353,6 +353,15 @@ def test_registry_down_is_a_warning_and_a_local_build(published: Published,
     assert "building locally" in proc.stderr
     assert _inspect(result["image"]) is not None
 
+    # Without the registry check (--no-cache), the push finds the registry down: a warning.
+    rebuilt = machine.bake("build", str(published.spec), "--json", "--no-cache")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert json.loads(rebuilt.stdout)["pushed"] is False
+    assert "not pushed: cannot reach the registry" in rebuilt.stderr
+    # Asked for explicitly, a push that cannot happen is an error.
+    push = machine.bake("push", str(published.spec))
+    assert push.returncode == 1 and "was not pushed: cannot reach" in push.stderr
+
 
 def test_refused_push_is_a_clear_error_and_keeps_the_local_image(
         published: Published, seller: Machine, repositories: list[str],
