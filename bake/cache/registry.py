@@ -355,7 +355,7 @@ class Registry:
             raise ConfigError(
                 "is empty, so there is no registry to pull from or push to",
                 field="registry.repository",
-                source=settings.source("registry.repository"),
+                source=str(settings.file) if settings.file else None,
                 hint='set registry.repository = "registry.example.com/bake" in the seller config',
             )
         return cls(settings)
