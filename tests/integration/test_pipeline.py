@@ -160,6 +160,7 @@ def test_interrupted_build_leaves_nothing_behind(host: Host, job: Callable[..., 
     # BuildKit has started the step.
     spec = job(TWO_PACKAGES.replace('"idna==3.10"', '"numpy==2.1.3"'), {"main.py": MAIN})
     key = host.bake("key", str(spec), check=True).stdout.split()[0]
+    listeners_before = set(_proxy_listeners())  # other builds on this engine may hold some
     proc = subprocess.Popen([sys.executable, "-m", "bake", "--config", str(host.config),
                              "build", str(spec), "--no-cache"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -175,7 +176,7 @@ def test_interrupted_build_leaves_nothing_behind(host: Host, job: Callable[..., 
     assert "Traceback" not in rest
     assert inspect_image(f"bake:{key}") is None
     assert _bake_containers() == []
-    assert _proxy_listeners() == []
+    assert set(_proxy_listeners()) <= listeners_before
 
 
 def _bake_containers() -> list[str]:
