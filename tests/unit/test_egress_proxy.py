@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from bake.egress.ledger import summarize
-from bake.egress.proxy import ProxyLimits, start_proxy
+from bake.egress.proxy import ProxyLimits, RunningProxy, serve_forever, start_proxy
 from bake.errors import EgressError
 from tests.unit.egress_helpers import (
     PROXY_HOST,
@@ -524,3 +524,72 @@ def test_limits_reject_nonsense() -> None:
         ProxyLimits(max_tunnels=0)
     with pytest.raises(ValueError, match="head_timeout"):
         ProxyLimits(head_timeout=0)
+
+
+# --- the rest of the surface -----------------------------------------------------------------
+
+def test_system_resolver_is_used_when_none_is_given(log: Path) -> None:
+    # "localhost" resolves from the hosts file (no network) to loopback, which
+    # the policy refuses: the default resolver ran and its answer was checked.
+    pol = policy(allow=["localhost"], allow_cidrs=[])
+    with start_proxy(pol, host=PROXY_HOST, log_path=log) as proxy, \
+            ask(proxy, connect_line("localhost:443")) as reply:
+        assert reply.status == 403
+    [decision] = decisions(log)
+    assert decision["reason"].startswith("non-public-address:")
+    assert decision["address"] in ("127.0.0.1", "::1")
+
+
+def test_named_http_origin_is_resolved_and_checked(log: Path) -> None:
+    with Upstream(mode="http") as origin:
+        url = f"http://mirror.test:{origin.port}"
+        resolver = StubResolver([UPSTREAM_HOST])
+        with running(policy(allow=[], allow_http=[url]), log, resolver) as proxy, \
+                ask(proxy, f"GET {url}/simple/ HTTP/1.1\r\n\r\n".encode()) as reply:
+            assert reply.status == 200
+        assert resolver.calls == [("mirror.test", origin.port)]
+        assert origin.heads[0].startswith(b"GET /simple/ HTTP/1.1\r\n")
+        # Without allow_cidrs, the same name resolving to loopback is refused.
+        with running(policy(allow=[], allow_http=[url], allow_cidrs=[]), log, resolver) as proxy, \
+                ask(proxy, f"GET {url}/simple/ HTTP/1.1\r\n\r\n".encode()) as reply:
+            assert reply.status == 403
+        assert origin.accepted == 1
+
+
+def test_client_leaving_mid_head_is_logged(log: Path) -> None:
+    with running(policy(), log) as proxy:
+        with socket.create_connection((proxy.host, proxy.port), timeout=5) as sock:
+            sock.sendall(b"CONNECT echo.te")
+        wait_until(lambda: len(decisions(log)) == 1)
+        with socket.create_connection((proxy.host, proxy.port), timeout=5):
+            pass  # connected and said nothing: not a request, not logged
+        time.sleep(0.1)
+    assert [d["reason"] for d in decisions(log)] == ["incomplete-head"]
+
+
+def test_serve_forever_returns_when_closed(log: Path) -> None:
+    ready: list[RunningProxy] = []
+    thread = threading.Thread(
+        target=serve_forever, args=(policy(),),
+        kwargs={"host": PROXY_HOST, "port": 0, "log_path": log, "on_ready": ready.append},
+    )
+    thread.start()
+    wait_until(lambda: bool(ready))
+    with ask(ready[0], connect_line("evil.test:443")) as reply:
+        assert reply.status == 403
+    ready[0].close()
+    thread.join(timeout=5)
+    assert not thread.is_alive()
+
+
+@pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6")
+def test_listens_on_ipv6_loopback(log: Path) -> None:
+    try:
+        proxy = start_proxy(policy(), host="::1", log_path=log)
+    except EgressError:
+        pytest.skip("no IPv6 loopback here")
+    with proxy:
+        assert proxy.url == f"http://[::1]:{proxy.port}"
+        with socket.create_connection(("::1", proxy.port), timeout=5) as sock:
+            sock.sendall(connect_line("evil.test:443"))
+            assert read_reply(sock).status == 403
