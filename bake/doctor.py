@@ -53,8 +53,55 @@ def run_checks(*, config: str | None = None) -> list[Check]:
     checks.append(check_buildkit(settings, target=target))
     checks.append(check_base_image(settings, engine_ok=engine.ok, target=target))
     checks.append(check_confinement(settings, engine_ok=engine.ok))
+    checks.append(check_allowlist_addresses(settings))
     checks.append(check_registry(settings))
     return checks
+
+
+def refused_addresses(settings: Settings) -> dict[str, list[str]]:
+    """Allowlisted names whose addresses the proxy would refuse, as it would judge them.
+
+    Some hosts reach the package index through a gateway in a private or
+    documentation range (or through a TLS-intercepting one); the proxy then refuses
+    the resolved address unless ``egress.allow_cidrs`` names it.
+    """
+    import socket
+
+    from .egress.policy import EgressPolicy
+
+    policy = EgressPolicy.from_settings(settings.egress.allow, settings.egress.allow_http,
+                                        settings.egress.allow_cidrs)
+    refused: dict[str, list[str]] = {}
+    for name in settings.egress.allow:
+        if name.startswith("*"):
+            continue
+        try:
+            infos = socket.getaddrinfo(name, 443, type=socket.SOCK_STREAM)
+        except OSError:
+            continue
+        addresses = sorted({str(info[4][0]) for info in infos})
+        bad = [a for a in addresses if not policy.check_address(a).allowed]
+        if bad:
+            refused[name] = bad
+    return refused
+
+
+def check_allowlist_addresses(settings: Settings) -> Check:
+    try:
+        refused = refused_addresses(settings)
+    except BakeError as exc:
+        return Check("allowlist", False, exc.message, fix=exc.hint or "")
+    if not refused:
+        return Check("allowlist", True, "the allowlisted names resolve to addresses the "
+                     "proxy may dial (or do not resolve here)")
+    cidrs = sorted({f"{a}/{32 if '.' in a else 128}" for bad in refused.values() for a in bad})
+    names = ", ".join(f"{n} -> {' '.join(a)}" for n, a in refused.items())
+    return Check(
+        "allowlist", False,
+        f"the proxy would refuse these non-public addresses of allowlisted names: {names}",
+        fix="if this network really reaches the index through them, add to the seller "
+            f"config: [egress] allow_cidrs = {cidrs!r}".replace("'", '"'),
+    )
 
 
 # -- seller config -------------------------------------------------------------------------

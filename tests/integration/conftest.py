@@ -8,7 +8,6 @@ Each test removes only the images it made.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import os
 import shutil
 import socket
@@ -21,7 +20,6 @@ from pathlib import Path
 import pytest
 
 from bake.cache.engine import inspect_image, ping
-from bake.settings import DEFAULT_ALLOW
 
 BASE = os.environ.get("BAKE_TEST_BASE", "python:3.11-slim")
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
@@ -42,24 +40,16 @@ def engine() -> None:
 
 
 def machine_cidrs() -> list[str]:
-    """Where this machine's package index really is, when that is not a public address.
+    """Where this machine's package index really is, when the proxy would refuse it.
 
     Some hosts reach the index through a gateway in a private or documentation
     range; the seller config must then name it in egress.allow_cidrs.
     """
-    found: set[str] = set()
-    for name in DEFAULT_ALLOW:
-        if name.startswith("*"):
-            continue
-        try:
-            infos = socket.getaddrinfo(name, 443, type=socket.SOCK_STREAM)
-        except OSError:
-            continue
-        for info in infos:
-            address = ipaddress.ip_address(info[4][0])
-            if not address.is_global:
-                found.add(f"{address}/{address.max_prefixlen}")
-    return sorted(found)
+    from bake.doctor import refused_addresses
+    from bake.settings import Settings
+
+    refused = refused_addresses(Settings())
+    return sorted({f"{a}/{32 if '.' in a else 128}" for found in refused.values() for a in found})
 
 
 def _toml_list(values: list[str]) -> str:

@@ -16,7 +16,7 @@ import pytest
 from bake import doctor
 from bake.doctor import Check, run_checks
 
-NAMES = ["config", "engine", "buildkit", "base image", "confinement", "registry"]
+NAMES = ["config", "engine", "buildkit", "base image", "confinement", "allowlist", "registry"]
 
 
 def by_name(checks: list[Check]) -> dict[str, Check]:
