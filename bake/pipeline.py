@@ -29,6 +29,7 @@ from .settings import Settings, load_settings, state_dir
 from .spec import JobSpec, load_spec
 
 if TYPE_CHECKING:
+    from .cache.registry import Registry
     from .egress.proxy import RunningProxy
     from .runner import RunResult
 
@@ -155,7 +156,7 @@ def build(
                            egress=egress, egress_log=egress_log, egress_summary=summary)
 
 
-def _registry(cfg: Settings):  # type: ignore[no-untyped-def]
+def _registry(cfg: Settings) -> Registry | None:
     if not cfg.registry.repository:
         return None
     from .cache.registry import Registry

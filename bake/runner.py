@@ -249,7 +249,8 @@ def _remove(client: Any, name: str, *, maybe_in_flight: bool) -> None:
 def _stdbuffer(name: str) -> IO[bytes]:
     import sys
 
-    return getattr(sys, name).buffer  # type: ignore[no-any-return]
+    stream: IO[bytes] = (sys.stdout if name == "stdout" else sys.stderr).buffer
+    return stream
 
 
 def _pump(container: Any, which: str, sink: IO[bytes]) -> None:
