@@ -182,6 +182,11 @@ def _forward_head(request: _Request, host: str, port: int, path: str) -> tuple[b
     return ("\r\n".join(out) + "\r\n\r\n").encode("latin-1"), body
 
 
+def _max_connections(limits: ProxyLimits) -> int:
+    """Client connections held at once: every tunnel, plus as many again making requests."""
+    return 2 * limits.max_tunnels + 16
+
+
 def _response(status: int, body: str) -> bytes:
     payload = body.encode("utf-8")
     return (
@@ -366,6 +371,14 @@ class _Client(asyncio.Protocol):
         self.proxy.clients.add(self)
         if self.proxy.closing:
             self.transport.abort()
+            return
+        if len(self.proxy.clients) > _max_connections(self.proxy.limits):
+            # Connections still sending their head hold a socket each until the
+            # head deadline; without a cap a step could exhaust our descriptors.
+            self._log_denied("connection-cap")
+            self.state = "closing"
+            self.transport.write(_response(429, "bake egress: denied: connection-cap\n"))
+            self.transport.close()
             return
         # An absolute deadline for the whole head, not reset by each byte:
         # a client trickling one byte a second is still cut off.

@@ -593,3 +593,21 @@ def test_listens_on_ipv6_loopback(log: Path) -> None:
         with socket.create_connection(("::1", proxy.port), timeout=5) as sock:
             sock.sendall(connect_line("evil.test:443"))
             assert read_reply(sock).status == 403
+
+
+def test_idle_connections_are_capped(log: Path) -> None:
+    # max_tunnels=1 allows 2 * 1 + 16 = 18 connections at once.
+    with running(policy(), log, max_tunnels=1) as proxy:
+        idle = [socket.create_connection((proxy.host, proxy.port), timeout=5) for _ in range(18)]
+        try:
+            with socket.create_connection((proxy.host, proxy.port), timeout=5) as extra:
+                reply = read_reply(extra)
+                assert reply.status == 429
+                assert b"connection-cap" in reply.body
+        finally:
+            for sock in idle:
+                sock.close()
+        wait_until(lambda: not proxy._proxy.clients)  # the proxy saw them leave
+        with ask(proxy, connect_line("evil.test:443")) as reply:
+            assert reply.status == 403  # room again
+    assert [d["reason"] for d in decisions(log)] == ["connection-cap", "not-allowlisted"]
