@@ -19,11 +19,16 @@ from ..errors import EngineError
 
 __all__ = [
     "bridge_gateway",
+    "container_output",
+    "create_container",
     "docker_host",
     "engine_hint",
     "inspect_image",
     "ping",
+    "remove_container",
+    "start_container",
     "tag_image",
+    "wait_container",
 ]
 
 _API = "/v1.41"  # Engine 20.10; newer engines serve older API versions too
@@ -62,7 +67,7 @@ def _address() -> tuple[int, str | tuple[str, int]]:
     )
 
 
-def _exchange(method: str, path: str, timeout: float) -> _Response:
+def _exchange(method: str, path: str, timeout: float, body: bytes | None = None) -> _Response:
     # HTTP/1.0 on a fresh connection: the Engine answers with the whole body and
     # closes, so no chunked decoding, and no http.client (whose import of the
     # email package alone costs more than Docker's cached build takes).
@@ -70,7 +75,10 @@ def _exchange(method: str, path: str, timeout: float) -> _Response:
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(address)
-        sock.sendall(f"{method} {_API}{path} HTTP/1.0\r\nHost: docker\r\n\r\n".encode())
+        request = f"{method} {_API}{path} HTTP/1.0\r\nHost: docker\r\n"
+        if body is not None:
+            request += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        sock.sendall(request.encode() + b"\r\n" + (body or b""))
         chunks = []
         while True:
             chunk = sock.recv(65536)
@@ -78,13 +86,13 @@ def _exchange(method: str, path: str, timeout: float) -> _Response:
                 break
             chunks.append(chunk)
     raw = b"".join(chunks)
-    head, sep, body = raw.partition(b"\r\n\r\n")
+    head, sep, payload = raw.partition(b"\r\n\r\n")
     status_line = head.split(b"\r\n", 1)[0].split()
     if not sep or len(status_line) < 2 or not status_line[1].isdigit():
         raise OSError(f"not an HTTP answer from the engine: {raw[:60]!r}")
     if b"transfer-encoding: chunked" in head.lower():
-        body = _unchunk(body)
-    return _Response(int(status_line[1]), body)
+        payload = _unchunk(payload)
+    return _Response(int(status_line[1]), payload)
 
 
 def _unchunk(body: bytes) -> bytes:
@@ -99,9 +107,11 @@ def _unchunk(body: bytes) -> bytes:
     return bytes(out)
 
 
-def _request(method: str, path: str, timeout: float = _TIMEOUT) -> tuple[int, Any]:
+def _request(method: str, path: str, timeout: float = _TIMEOUT,
+             body: Any = None) -> tuple[int, Any]:
+    payload = json.dumps(body).encode() if body is not None else None
     try:
-        response = _exchange(method, path, timeout)
+        response = _exchange(method, path, timeout, payload)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise EngineError(
@@ -185,3 +195,69 @@ def _interface_address(name: str) -> str | None:
         except OSError:
             return None
     return socket.inet_ntoa(packed[20:24])
+
+
+# -- short-lived helper containers (the egress canary) ----------------------------------------
+# The docker SDK takes longer to import than these four calls take to run, and
+# the canary runs on every build that reaches the network.
+
+
+def _raw(method: str, path: str, timeout: float = _TIMEOUT, body: Any = None) -> _Response:
+    payload = json.dumps(body).encode() if body is not None else None
+    try:
+        return _exchange(method, path, timeout, payload)
+    except OSError as exc:
+        raise EngineError(
+            f"cannot reach the Docker Engine at {docker_host()}: {exc.strerror or exc}",
+            hint=engine_hint(),
+        ) from exc
+
+
+def _fail(what: str, status: int, data: Any) -> EngineError:
+    message = data.get("message") if isinstance(data, dict) else None
+    return EngineError(f"the Docker Engine could not {what}: {message or f'HTTP {status}'}")
+
+
+def create_container(name: str, config: dict[str, Any]) -> str:
+    status, data = _request("POST", f"/containers/create?name={quote(name, safe='')}",
+                            body=config)
+    if status != 201 or not isinstance(data, dict):
+        raise _fail(f"create container {name}", status, data)
+    return str(data["Id"])
+
+
+def start_container(ident: str) -> None:
+    status, data = _request("POST", f"/containers/{quote(ident, safe='')}/start")
+    if status not in (204, 304):
+        raise _fail(f"start container {ident[:12]}", status, data)
+
+
+def wait_container(ident: str, timeout: float) -> int:
+    """The container's exit code; ``TimeoutError`` when it runs past ``timeout``."""
+    try:
+        response = _exchange("POST", f"/containers/{quote(ident, safe='')}/wait", timeout)
+    except TimeoutError:
+        raise
+    except OSError as exc:
+        raise EngineError(f"cannot reach the Docker Engine at {docker_host()}: {exc}",
+                          hint=engine_hint()) from exc
+    data = json.loads(response.body) if response.body else {}
+    return int(data.get("StatusCode", 1))
+
+
+def container_output(ident: str) -> bytes:
+    """What the container wrote to stdout (the log's multiplexed frames, unpacked)."""
+    response = _raw("GET", f"/containers/{quote(ident, safe='')}/logs?stdout=1&stderr=0")
+    raw, out = response.body, bytearray()
+    while len(raw) >= 8:
+        size = int.from_bytes(raw[4:8], "big")
+        if raw[0] == 1:
+            out += raw[8:8 + size]
+        raw = raw[8 + size:]
+    return bytes(out)
+
+
+def remove_container(ident: str) -> bool:
+    """Force-remove; False when the Engine has no such container (yet)."""
+    response = _raw("DELETE", f"/containers/{quote(ident, safe='')}?force=1&v=1")
+    return response.status != 404

@@ -191,26 +191,24 @@ print(json.dumps({{"direct": attempt(direct),
 """
 
 
-def _remove_canary(client: Any, name: str, *, maybe_in_flight: bool) -> None:
+def _remove_canary(name: str, *, maybe_in_flight: bool) -> None:
     """Remove the canary by name.  When create() never returned (a signal cut it short),
     the Engine may still be creating it: look again for a moment before giving up."""
-    import docker.errors
-    import requests.exceptions
+    from ..cache.engine import remove_container
 
     for attempt in range(10 if maybe_in_flight else 1):
         try:
-            client.api.remove_container(name, force=True)
+            if remove_container(name):
+                return
+        except EngineError:
             return
-        except docker.errors.NotFound:
-            if attempt < 9 and maybe_in_flight:
-                time.sleep(0.1)
-        except (docker.errors.APIError, requests.exceptions.RequestException):
-            return
+        if attempt < 9 and maybe_in_flight:
+            time.sleep(0.1)
 
 
 def prove(image: str, proxy: RunningProxy) -> Proof:
     """Run the canary in a container on the bridge, next to a live proxy."""
-    from ..cache.store import docker_client
+    from ..cache.engine import container_output, create_container, start_container, wait_container
 
     rules = locked_rules_present()
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -218,40 +216,35 @@ def prove(image: str, proxy: RunningProxy) -> Proof:
         listener.bind((proxy.host, 0))
         listener.listen(8)
         direct_port = listener.getsockname()[1]
-        client = docker_client()
-        import docker.errors
-        import requests.exceptions
-
-        # Not containers.run(remove=True): it removes the container only when the run
-        # ends normally, so a Ctrl-C or SIGTERM during the canary left it behind.  A
-        # name of our own lets the finally clause remove it even when the signal lands
-        # after the Engine created it but before create() returned its id.
+        # A name of our own lets the finally clause remove the canary even when a
+        # Ctrl-C or SIGTERM lands after the Engine created it but before create()
+        # returned its id.
         name = f"bake-canary-{uuid.uuid4().hex[:16]}"
         created = False
         try:
-            container = client.containers.create(
-                image,
-                ["python3", "-c", _CANARY, proxy.host, str(direct_port), str(proxy.port)],
-                name=name,
-                network_mode="bridge",
-                cap_drop=["ALL"],
-                security_opt=["no-new-privileges"],
-                user="65534:65534",
-                use_config_proxy=False,
-            )
+            ident = create_container(name, {
+                "Image": image,
+                "Cmd": ["python3", "-c", _CANARY, proxy.host, str(direct_port),
+                        str(proxy.port)],
+                "User": "65534:65534",
+                "Env": [],  # nothing of the seller's environment, no proxy settings
+                "HostConfig": {"NetworkMode": "bridge", "CapDrop": ["ALL"],
+                               "SecurityOpt": ["no-new-privileges"]},
+            })
             created = True
-            container.start()
-            code = int(container.wait(timeout=60).get("StatusCode", 1))
-            output = container.logs(stdout=True, stderr=False)
+            start_container(ident)
+            try:
+                code = wait_container(ident, timeout=60)
+            except TimeoutError:
+                return Proof(False, f"the canary in {image} did not finish within 60 s")
+            output = container_output(ident)
             if code != 0:
                 return Proof(False, f"the canary failed to run in {image}: exit {code}")
-        except docker.errors.APIError as exc:
-            raise EngineError(f"cannot run the egress canary in {image}: "
-                              f"{exc.explanation or exc}") from exc
-        except requests.exceptions.RequestException:
-            return Proof(False, f"the canary in {image} did not finish within 60 s")
+        except EngineError as exc:
+            raise EngineError(f"cannot run the egress canary in {image}: {exc.message}",
+                              hint=exc.hint) from exc
         finally:
-            _remove_canary(client, name, maybe_in_flight=not created)
+            _remove_canary(name, maybe_in_flight=not created)
     finally:
         listener.close()
     try:
