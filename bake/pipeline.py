@@ -250,10 +250,7 @@ def _setup_window(
     # The proof runs against a deny-all proxy of its own, so that the build's
     # egress log holds only what the build's steps asked for.
     report.stage("proving that build steps reach nothing but bake's proxy")
-    deny_all = EgressPolicy.from_settings([], [], [], own_addresses=[gateway])
-    with lockdown.start_build_proxy(deny_all, gateway, log_path=None,
-                                    limits=ProxyLimits()) as canary_proxy:
-        proof = lockdown.prove(job.base_from, canary_proxy)
+    proof = lockdown.prove_recent(job.base_from, gateway)
     proxy = lockdown.start_build_proxy(policy, gateway, log_path=log_path, limits=limits)
     try:
         if proof.enforced:

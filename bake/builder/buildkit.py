@@ -104,9 +104,55 @@ def _candidates(configured: str) -> list[str]:
     return found
 
 
+_PLUGIN_DIRS = (
+    "~/.docker/cli-plugins", "/usr/local/lib/docker/cli-plugins",
+    "/usr/local/libexec/docker/cli-plugins", "/usr/lib/docker/cli-plugins",
+    "/usr/libexec/docker/cli-plugins",
+)
+
+
+def _cli_fingerprint(configured: str) -> str:
+    """What decides find_cli's answer: the candidates' files and the plugin folders."""
+    parts = [configured, os.environ.get("DOCKER_CONFIG", "")]
+    plugin_dirs = [os.path.expanduser(d) for d in _PLUGIN_DIRS]
+    if os.environ.get("DOCKER_CONFIG"):
+        plugin_dirs.append(os.path.join(os.environ["DOCKER_CONFIG"], "cli-plugins"))
+    for path in [*_candidates(configured), *plugin_dirs]:
+        try:
+            st = os.stat(path)
+            parts.append(f"{path}:{os.path.realpath(path)}:{st.st_mtime_ns}:{st.st_size}")
+        except OSError:
+            parts.append(f"{path}:-")
+    return "\n".join(parts)
+
+
 @lru_cache(maxsize=4)
 def find_cli(configured: str = "") -> DockerCLI:
-    """``docker buildx build`` where buildx exists, else a classic CLI < 23 + DOCKER_BUILDKIT=1."""
+    """``docker buildx build`` where buildx exists, else a classic CLI < 23 + DOCKER_BUILDKIT=1.
+
+    Asking each candidate takes two or three subprocesses; the answer is kept in
+    the state folder until a candidate binary or a plugin folder changes.
+    """
+    import json
+
+    from ..settings import state_dir
+
+    record = state_dir() / "docker-cli.json"
+    fingerprint = _cli_fingerprint(configured)
+    try:
+        kept = json.loads(record.read_text())
+        if kept["fingerprint"] == fingerprint:
+            return DockerCLI(tuple(kept["argv"]), tuple(map(tuple, kept["env"])),
+                             kept["version"], kept["path"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    cli = _detect_cli(configured)
+    record.write_text(json.dumps({"fingerprint": fingerprint, "argv": cli.argv,
+                                  "env": cli.env, "version": cli.version, "path": cli.path}))
+    return cli
+
+
+def _detect_cli(configured: str) -> DockerCLI:
     seen: list[str] = []
     for path in _candidates(configured):
         version = _client_version(path)

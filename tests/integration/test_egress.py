@@ -204,3 +204,22 @@ def test_setup_past_its_time_limit_exits_4_and_leaves_no_image(
     assert inspect_image(f"bake:{key}") is None
     leftover = subprocess.run(["ss", "-Htln"], capture_output=True, text=True).stdout
     assert not [line for line in leftover.splitlines() if ":391" in line.split()[3]]
+
+
+def test_a_kept_proof_never_outlives_a_change_of_the_firewall(engine: None, locked: None) -> None:
+    from tests.integration.conftest import BASE
+
+    gateway = bridge_gateway()
+    first = lockdown.prove_recent(BASE, gateway)
+    second = lockdown.prove_recent(BASE, gateway)
+    assert first.enforced and second.enforced
+    assert second.checks.get("cached") is True  # the canary did not run again
+    lockdown.unlock()
+    try:
+        unlocked = lockdown.prove_recent(BASE, gateway)
+    finally:
+        lockdown.lock()
+    assert not unlocked.enforced
+    assert "cached" not in unlocked.checks
+    relocked = lockdown.prove_recent(BASE, gateway)
+    assert relocked.enforced and "cached" not in relocked.checks  # a fresh canary

@@ -99,3 +99,26 @@ def test_a_failed_build_is_summed_up_by_the_step_s_own_error() -> None:
     assert _failure(log) == "ERROR: No matching distribution found for zzz==1.0"
     assert _failure(["ERROR: failed to solve: no such file"]) == "failed to solve: no such file"
     assert _failure([]) == "no output"
+
+
+def test_the_cli_answer_is_kept_until_a_candidate_changes(tmp_path: Path) -> None:
+    from bake.builder import buildkit
+
+    fake = tmp_path / "docker"
+    fake.write_text("#!/bin/sh\n[ \"$1\" = version ] && echo 20.10.24 && exit 0\nexit 1\n")
+    fake.chmod(0o755)
+    calls = tmp_path / "calls"
+    buildkit.find_cli.cache_clear()
+    first = buildkit.find_cli(str(fake))
+    assert first.argv == (str(fake), "build") and first.version == "20.10.24"
+    # The binary changes (size and mtime): the next process asks it again.
+    fake.write_text(fake.read_text().replace("exit 0", f"touch {calls}; exit 0"))
+    buildkit.find_cli.cache_clear()
+    again = buildkit.find_cli(str(fake))
+    assert again.version == "20.10.24"
+    assert calls.exists(), "a changed binary is asked again"
+    calls.unlink()
+    buildkit.find_cli.cache_clear()
+    buildkit.find_cli(str(fake))
+    assert not calls.exists(), "an unchanged binary is not asked again"
+    buildkit.find_cli.cache_clear()
