@@ -495,6 +495,10 @@ class _Upstream(asyncio.Protocol):
         self.tunnel.resume_client()
 
 
+_REPLY_HEAD_MAX = 64 * 1024
+_REPLY_HOP_HEADERS = (b"connection", b"keep-alive", b"proxy-connection")
+
+
 class _Tunnel:
     """One allowed request: dials upstream, relays, and logs itself once when it ends."""
 
@@ -510,6 +514,7 @@ class _Tunnel:
         self.bytes_up = 0
         self.bytes_down = 0
         self.body_left: int | None = None  # plain HTTP: request body bytes still to relay
+        self.reply_head: bytearray | None = None  # plain HTTP: the reply head, until complete
         self.eof_from_client = False
         self.eof_from_upstream = False
         self.closed = False
@@ -585,6 +590,7 @@ class _Tunnel:
             head, body = forward
             upstream.write(head)
             self.body_left = body
+            self.reply_head = bytearray()
             if body == 0:
                 self.client_pauses.add("body-done")
         if rest:
@@ -627,7 +633,33 @@ class _Tunnel:
         self.bytes_down += len(data)
         self.proxy.bytes_down += len(data)
         self.last = self.proxy.loop.time()
+        if self.reply_head is not None:
+            data = self._reply_head(data)
+            if not data:
+                return
         transport.write(data)
+
+    def _reply_head(self, data: bytes) -> bytes:
+        """Plain HTTP: say ``Connection: close`` in the origin's reply head too.
+
+        The proxy serves one request per connection.  An origin that answers
+        keep-alive would make the client pool this connection and send its next
+        request into a socket the proxy is about to close (a reset mid-download).
+        """
+        assert self.reply_head is not None
+        self.reply_head += data
+        end = self.reply_head.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self.reply_head) <= _REPLY_HEAD_MAX:
+                return b""
+            out, self.reply_head = bytes(self.reply_head), None  # not HTTP: pass it on
+            return out
+        head, rest = bytes(self.reply_head[:end]), bytes(self.reply_head[end + 4:])
+        self.reply_head = None
+        lines = [line for line in head.split(b"\r\n")
+                 if line.split(b":", 1)[0].strip().lower() not in _REPLY_HOP_HEADERS]
+        lines.append(b"Connection: close")
+        return b"\r\n".join(lines) + b"\r\n\r\n" + rest
 
     def client_eof(self) -> bool:
         self.eof_from_client = True

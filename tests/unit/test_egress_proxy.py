@@ -611,3 +611,33 @@ def test_idle_connections_are_capped(log: Path) -> None:
         with ask(proxy, connect_line("evil.test:443")) as reply:
             assert reply.status == 403  # room again
     assert [d["reason"] for d in decisions(log)] == ["connection-cap", "not-allowlisted"]
+
+
+def test_plain_http_reply_says_connection_close_whatever_the_origin_said(log: Path) -> None:
+    # The proxy serves one request per connection; an origin's keep-alive would make
+    # the client pool a connection the proxy then closes under it.
+    server = socket.socket()
+    server.bind((UPSTREAM_HOST, 0))
+    server.listen(1)
+
+    def answer() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n"
+                         b"Keep-Alive: timeout=5, max=100\r\n\r\nok")
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    origin_url = f"http://{UPSTREAM_HOST}:{server.getsockname()[1]}"
+    try:
+        pol = policy(allow=[], allow_http=[origin_url], allow_cidrs=[])
+        request = f"GET {origin_url}/x HTTP/1.1\r\nConnection: keep-alive\r\n\r\n".encode()
+        with running(pol, log) as proxy, ask(proxy, request) as reply:
+            assert reply.status == 200 and reply.body == b"ok"
+            head = reply.head.decode().lower()
+    finally:
+        thread.join(timeout=5)
+        server.close()
+    assert "connection: close" in head
+    assert "keep-alive" not in head
