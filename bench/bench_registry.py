@@ -32,126 +32,42 @@ import json
 import os
 import secrets
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import tomllib
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.machines import docker, second_engine, serve_registry  # noqa: E402
+
 BASE = os.environ.get("BAKE_TEST_BASE", "python:3.11-slim")
-REGISTRY_BIN = "/usr/bin/docker-registry"
 GOAL = 0.3
 MAIN = "import numpy, pandas, scipy\nprint(numpy.__version__, pandas.__version__, " \
        "scipy.__version__)\n"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _docker(*args: str, host: str | None = None, check: bool = True,
             stdin: Any = None) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    if host:
-        env["DOCKER_HOST"] = host
-    return subprocess.run(["docker", *args], capture_output=True, text=True, env=env,
-                          check=check, stdin=stdin, timeout=900)
+    return docker(*args, host=host, check=check, stdin=stdin)
 
 
-@contextmanager
-def registry(folder: Path) -> Iterator[str]:
-    address = f"127.0.0.1:{_free_port()}"
-    config = folder / "registry.yml"
-    config.write_text(
-        "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n"
-        f"    rootdirectory: {folder / 'storage'}\nhttp:\n  addr: {address}\n")
-    log = (folder / "registry.log").open("wb")
-    proc = subprocess.Popen([REGISTRY_BIN, "serve", str(config)], stdout=log,
-                            stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://{address}/v2/", timeout=2):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"docker-registry did not start on {address}") from None
-                time.sleep(0.05)
-        yield address
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        log.close()
-
-
-def _unused_subnet() -> str:
-    used = subprocess.run(["ip", "-o", "-4", "addr"], capture_output=True, text=True,
-                          check=True).stdout
-    for third in range(90, 250):
-        prefix = f"10.213.{third}."
-        if prefix not in used:
-            return prefix
-    raise SystemExit("no free 10.213.x.0/24 for the second engine's bridge")
-
-
-@contextmanager
-def second_engine(base_ref: str) -> Iterator[str]:
-    """A second dockerd with its own data root, socket and bridge (never --bridge=none:
-    dockerd then deletes the host's docker0).  --iptables=false: no firewall changes."""
-    root = Path(tempfile.mkdtemp(prefix="bkb-", dir="/tmp"))
-    sock = f"unix://{root}/docker.sock"
-    bridge = f"bkb{os.getpid() % 100000}"
-    prefix = _unused_subnet()
-    subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True)
-    log = (root / "dockerd.log").open("wb")
-    proc: subprocess.Popen[bytes] | None = None
-    try:
-        subprocess.run(["ip", "addr", "add", f"{prefix}1/24", "dev", bridge], check=True)
-        subprocess.run(["ip", "link", "set", bridge, "up"], check=True)
-        proc = subprocess.Popen(
-            [shutil.which("dockerd") or "/usr/sbin/dockerd", "--data-root", str(root / "data"),
-             "--exec-root", str(root / "exec"), "--pidfile", str(root / "dockerd.pid"),
-             "-H", sock, f"--bridge={bridge}", "--iptables=false", "--ip-masq=false",
-             "--ip-forward=false", "--cgroup-parent=bake-bench-engine2"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 60
-        while _docker("version", host=sock, check=False).returncode != 0:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("the second dockerd did not start; see " + str(root))
-            time.sleep(0.2)
-        # The base comes from the registry, as on a fleet machine: the engine then knows
-        # its blobs, and a pull downloads only the layers the base does not have.
-        # (A `docker load`ed base would cost the first pull a download of the base's
-        # blob, only to learn that its layer is already there.)
+def _from_registry(base_ref: str) -> Callable[[str], None]:
+    """Seed the second engine's base from the registry, as on a fleet machine: the
+    engine then knows its blobs, and a pull downloads only the layers the base does
+    not have.  (A `docker load`ed base would cost the first pull a download of the
+    base's blob, only to learn that its layer is already there.)"""
+    def seed(sock: str) -> None:
         _docker("pull", "-q", base_ref, host=sock)
         _docker("tag", base_ref, BASE, host=sock)
         _docker("rmi", base_ref, host=sock)
-        yield sock
-    finally:
-        if proc is not None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log.close()
-        subprocess.run(["ip", "link", "del", bridge], check=False)
-        shutil.rmtree(root, ignore_errors=True)
+    return seed
 
 
 def _seller_config(folder: Path, repository: str) -> Path:
@@ -228,7 +144,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bake-bench-registry-") as tmp:
         work = Path(tmp)
         state = {"BAKE_STATE_DIR": str(work / "state")}
-        with registry(work) as address:
+        with serve_registry(work / "registry") as local_registry:
+            address = local_registry.address
             config = _seller_config(work, f"{address}/bake-bench-{secrets.token_hex(4)}")
             try:
                 jobs = []
@@ -252,7 +169,7 @@ def main() -> None:
                 size = int(_docker("image", "inspect", "--format", "{{.Size}}", image)
                            .stdout.strip())
 
-                with second_engine(base_ref) as sock:
+                with second_engine(_from_registry(base_ref), label="bench-engine2") as sock:
                     on_two = {**state, "DOCKER_HOST": sock}
                     for _ in range(options.rounds):
                         seconds, pulled = _bake(config, "build", str(job), "--json", env=on_two)

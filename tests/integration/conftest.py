@@ -7,10 +7,7 @@ Each test removes only the images it made.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -20,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from bake.cache.engine import inspect_image, ping
+from tests.machines import LocalRegistry, MachineError, serve_registry
 
 BASE = os.environ.get("BAKE_TEST_BASE", "python:3.11-slim")
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
@@ -147,95 +145,11 @@ def locked(engine: None) -> Iterator[None]:
         lockdown.unlock()
 
 
-REGISTRY_BIN = "/usr/bin/docker-registry"
-
-
-@dataclass
-class LocalRegistry:
-    """A Distribution registry on a loopback port, with its own storage."""
-
-    address: str  # "127.0.0.1:<port>"
-    folder: Path
-
-    def repository(self, name: str) -> str:
-        """A repository only this test run uses, so that prune touches nothing else."""
-        import uuid
-
-        return f"{self.address}/bake-test-{name}-{uuid.uuid4().hex[:8]}"
-
-    def has(self, image: str) -> bool:
-        """Does the registry hold ``image``?  Asked over the Registry API, not through bake."""
-        import urllib.error
-        import urllib.request
-
-        repository, _, tag = image.rpartition(":")
-        name = repository.split("/", 1)[1]
-        request = urllib.request.Request(
-            f"http://{self.address}/v2/{name}/manifests/{tag}", method="HEAD",
-            headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"})
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                return bool(response.status == 200)
-        except urllib.error.HTTPError as exc:
-            if exc.code == 404:
-                return False
-            raise
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.contextmanager
-def serve_registry(folder: Path, *, readonly: bool = False) -> Iterator[LocalRegistry]:
-    """Run ``docker-registry serve`` until the block ends; wait until it answers."""
-    import time
-    import urllib.error
-    import urllib.request
-
-    if not Path(REGISTRY_BIN).is_file():
-        pytest.fail(f"{REGISTRY_BIN} is missing; scripts/bootstrap installs docker-registry")
-    folder.mkdir(parents=True, exist_ok=True)
-    address = f"127.0.0.1:{free_port()}"
-    maintenance = ("  maintenance:\n    readonly:\n      enabled: true\n" if readonly else "")
-    config = folder / "config.yml"
-    config.write_text(
-        "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n"
-        f"    rootdirectory: {folder / 'storage'}\n  delete:\n    enabled: true\n{maintenance}"
-        f"http:\n  addr: {address}\n"
-    )
-    log = (folder / "registry.log").open("wb")
-    proc = subprocess.Popen([REGISTRY_BIN, "serve", str(config)], stdout=log,
-                            stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://{address}/v2/", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"docker-registry did not start on {address}:\n"
-                            f"{(folder / 'registry.log').read_text(errors='replace')}")
-            time.sleep(0.05)
-        yield LocalRegistry(address, folder)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-        shutil.rmtree(folder / "storage", ignore_errors=True)
-
-
 @pytest.fixture(scope="session")
 def registry(engine: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRegistry]:
     """A real registry (Distribution 2.8) on a loopback port for the whole session."""
-    with serve_registry(tmp_path_factory.mktemp("registry")) as reg:
-        yield reg
+    try:
+        with serve_registry(tmp_path_factory.mktemp("registry")) as reg:
+            yield reg
+    except MachineError as exc:
+        pytest.fail(str(exc))

@@ -16,9 +16,7 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,15 +27,9 @@ import pytest
 
 from bake.builder.templates import BUILTIN_DIR
 from tests.conftest import write_job
-from tests.integration.conftest import (
-    BASE,
-    CA_BUNDLE,
-    Host,
-    LocalRegistry,
-    free_port,
-    machine_cidrs,
-    serve_registry,
-)
+from tests.integration.conftest import BASE, CA_BUNDLE, Host, machine_cidrs
+from tests.machines import LocalRegistry, MachineError, docker, free_port, serve_registry
+from tests.machines import second_engine as start_second_engine
 
 SIX_JOB = """
 name = "registry-six"
@@ -100,11 +92,7 @@ class Machine:
 
 def _docker(*args: str, host: str | None = None, check: bool = True,
             stdin: Any = None) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    if host:
-        env["DOCKER_HOST"] = host
-    return subprocess.run(["docker", *args], capture_output=True, text=True, env=env,
-                          check=check, stdin=stdin, timeout=300)
+    return docker(*args, host=host, check=check, stdin=stdin, timeout=300)
 
 
 def _inspect(image: str, host: str | None = None) -> dict[str, Any] | None:
@@ -169,60 +157,23 @@ def published(seller: Machine) -> Published:
 
 @pytest.fixture(scope="module")
 def second_engine(engine: None) -> Iterator[str]:
-    """A second dockerd: its own data root, exec root, pid file, socket and bridge.
+    """A second dockerd (tests/machines.py) playing another machine of the fleet.
 
-    It plays another machine of the fleet.  It gets a bridge of its own, made here:
-    ``--bridge=none`` would be simpler but makes dockerd delete the host's
-    ``docker0`` at start (moby's removeDefaultBridgeInterface), taking the first
-    engine's bridge with it.  ``--iptables=false`` keeps it out of the host's
-    firewall rules; its bridge has no route out, so a build step that needs a
-    network cannot run on it.
+    Its bridge has no route out, so a build step that needs a network cannot run
+    on it; it gets the same base image (same id, so the same key) by save | load.
     """
-    if os.geteuid() != 0:
-        pytest.fail("the second-engine tests start dockerd and need root")
-    dockerd = shutil.which("dockerd") or "/usr/sbin/dockerd"
-    # Short: the engine's sockets live under it, and a unix socket path is at most 107 bytes.
-    root = Path(tempfile.mkdtemp(prefix="bk2-", dir="/tmp"))
-    sock = f"unix://{root}/docker.sock"
-    bridge = f"bk2br{os.getpid() % 100000}"
-    subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True)
-    subprocess.run(["ip", "addr", "add", "10.213.77.1/24", "dev", bridge], check=True)
-    subprocess.run(["ip", "link", "set", bridge, "up"], check=True)
-    log = (root / "dockerd.log").open("wb")
-    proc = subprocess.Popen(
-        [dockerd, "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
-         "--pidfile", str(root / "dockerd.pid"), "-H", sock, f"--bridge={bridge}",
-         "--iptables=false", "--ip-masq=false", "--ip-forward=false",
-         "--cgroup-parent=bake-test-engine2"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while _docker("version", host=sock, check=False).returncode != 0:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("the second dockerd did not start:\n"
-                            + (root / "dockerd.log").read_text(errors="replace")[-3000:])
-            time.sleep(0.2)
-        # The same base image (same id, so the same key): what a fleet machine has.
+    def seed(sock: str) -> None:
         save = subprocess.Popen(["docker", "save", BASE], stdout=subprocess.PIPE)
         assert save.stdout is not None
         with save.stdout:
             _docker("load", host=sock, stdin=save.stdout)
         assert save.wait() == 0
-        yield sock
-    finally:
-        leftovers = _docker("ps", "-aq", host=sock, check=False).stdout.split()
-        if leftovers:
-            _docker("rm", "-f", *leftovers, host=sock, check=False)
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-        subprocess.run(["ip", "link", "del", bridge], check=False)
-        shutil.rmtree(root, ignore_errors=True)
+
+    try:
+        with start_second_engine(seed, label="test-engine2") as sock:
+            yield sock
+    except MachineError as exc:
+        pytest.fail(str(exc))
 
 
 # --- build, push, pull ------------------------------------------------------------------------
