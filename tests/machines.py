@@ -132,8 +132,13 @@ def _unused_subnet() -> str:
 
 
 @contextmanager
-def second_engine(seed: Callable[[str], None], *, label: str = "engine2") -> Iterator[str]:
-    """A second dockerd; ``seed(socket)`` gives it its base image.  Yields its DOCKER_HOST."""
+def second_engine(seed: Callable[[str], None], *, label: str = "engine2",
+                  data_size: str | None = None) -> Iterator[str]:
+    """A second dockerd; ``seed(socket)`` gives it its base image.  Yields its DOCKER_HOST.
+
+    ``data_size`` (e.g. "600m") puts its data root on a tmpfs of that size: a
+    machine whose disk fills up.
+    """
     if os.geteuid() != 0:
         raise MachineError("a second dockerd needs root")
     # Short: the engine's sockets live under it, and a unix socket path is at most 107 bytes.
@@ -144,7 +149,13 @@ def second_engine(seed: Callable[[str], None], *, label: str = "engine2") -> Ite
     subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True)
     log = (root / "dockerd.log").open("wb")
     proc: subprocess.Popen[bytes] | None = None
+    mounted = False
     try:
+        if data_size:
+            (root / "data").mkdir()
+            subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={data_size}", "bake-engine2",
+                            str(root / "data")], check=True)
+            mounted = True
         subprocess.run(["ip", "addr", "add", f"{prefix}1/24", "dev", bridge], check=True)
         subprocess.run(["ip", "link", "set", bridge, "up"], check=True)
         proc = subprocess.Popen(
@@ -174,4 +185,7 @@ def second_engine(seed: Callable[[str], None], *, label: str = "engine2") -> Ite
                 proc.wait()
         log.close()
         subprocess.run(["ip", "link", "del", bridge], check=False)
+        if mounted:
+            # The engine's own mounts under the data root go with it; then ours.
+            subprocess.run(["umount", "-R", str(root / "data")], check=False)
         shutil.rmtree(root, ignore_errors=True)

@@ -289,6 +289,15 @@ def run_build(
         if proc.stdout is not None:
             proc.stdout.close()
     if code != 0:
+        if any("no space left on device" in line.lower() for line in tail):
+            # Not the job's fault and not fixed by editing the spec: say so.
+            raise SetupError(
+                "the setup build ran out of disk space on the Docker Engine's data root "
+                f"(docker exited {code}); no image was made",
+                log_tail="\n".join(tail),
+                hint="free space there (bake prune --keep-size SIZE, docker system df) "
+                "and build again",
+            )
         raise SetupError(
             f"the setup build failed (docker exited {code}): {_failure(tail)}",
             log_tail="\n".join(tail),
