@@ -121,6 +121,19 @@ def serve_registry(folder: Path, *, readonly: bool = False) -> Iterator[LocalReg
         shutil.rmtree(folder / "storage", ignore_errors=True)
 
 
+def loaded_from_host(image: str) -> Callable[[str], None]:
+    """A second engine's seed: ``image`` from the first engine, by save | load (same id)."""
+    def seed(sock: str) -> None:
+        save = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE)
+        assert save.stdout is not None
+        with save.stdout:
+            docker("load", host=sock, stdin=save.stdout)
+        if save.wait() != 0:
+            raise MachineError(f"docker save {image} failed")
+
+    return seed
+
+
 def _unused_subnet() -> str:
     used = subprocess.run(["ip", "-o", "-4", "addr"], capture_output=True, text=True,
                           check=True).stdout

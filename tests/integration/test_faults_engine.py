@@ -14,7 +14,7 @@ import pytest
 
 from bake.cache.engine import inspect_image
 from tests.integration.conftest import BASE, Host
-from tests.machines import MachineError, docker, second_engine
+from tests.machines import MachineError, docker, loaded_from_host, second_engine
 
 SLOW_SETUP = """\
 template = "python"
@@ -68,15 +68,9 @@ def test_a_killed_bake_takes_its_build_with_it(host: Host, job: Callable[..., Pa
 
 @pytest.fixture
 def small_disk_engine(engine: None) -> Iterator[str]:
-    def seed(sock: str) -> None:
-        save = subprocess.Popen(["docker", "save", BASE], stdout=subprocess.PIPE)
-        assert save.stdout is not None
-        with save.stdout:
-            docker("load", host=sock, stdin=save.stdout)
-        assert save.wait() == 0
-
     try:
-        with second_engine(seed, label="test-small-disk", data_size="700m") as sock:
+        with second_engine(loaded_from_host(BASE), label="test-small-disk",
+                           data_size="700m") as sock:
             yield sock
     except MachineError as exc:
         pytest.fail(str(exc))

@@ -28,7 +28,14 @@ import pytest
 from bake.builder.templates import BUILTIN_DIR
 from tests.conftest import write_job
 from tests.integration.conftest import BASE, CA_BUNDLE, Host, machine_cidrs
-from tests.machines import LocalRegistry, MachineError, docker, free_port, serve_registry
+from tests.machines import (
+    LocalRegistry,
+    MachineError,
+    docker,
+    free_port,
+    loaded_from_host,
+    serve_registry,
+)
 from tests.machines import second_engine as start_second_engine
 
 SIX_JOB = """
@@ -162,15 +169,8 @@ def second_engine(engine: None) -> Iterator[str]:
     Its bridge has no route out, so a build step that needs a network cannot run
     on it; it gets the same base image (same id, so the same key) by save | load.
     """
-    def seed(sock: str) -> None:
-        save = subprocess.Popen(["docker", "save", BASE], stdout=subprocess.PIPE)
-        assert save.stdout is not None
-        with save.stdout:
-            _docker("load", host=sock, stdin=save.stdout)
-        assert save.wait() == 0
-
     try:
-        with start_second_engine(seed, label="test-engine2") as sock:
+        with start_second_engine(loaded_from_host(BASE), label="test-engine2") as sock:
             yield sock
     except MachineError as exc:
         pytest.fail(str(exc))
