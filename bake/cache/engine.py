@@ -107,16 +107,25 @@ def _unchunk(body: bytes) -> bytes:
     return bytes(out)
 
 
-def _request(method: str, path: str, timeout: float = _TIMEOUT,
-             body: Any = None) -> tuple[int, Any]:
+def _call(method: str, path: str, timeout: float = _TIMEOUT, body: Any = None, *,
+          keep_timeout: bool = False) -> _Response:
+    """One API call; a failing socket becomes an EngineError (``keep_timeout``: not a
+    timeout, which the caller handles itself)."""
     payload = json.dumps(body).encode() if body is not None else None
     try:
-        response = _exchange(method, path, timeout, payload)
+        return _exchange(method, path, timeout, payload)
     except OSError as exc:
+        if keep_timeout and isinstance(exc, TimeoutError):
+            raise
         reason = exc.strerror or str(exc)
         raise EngineError(
             f"cannot reach the Docker Engine at {docker_host()}: {reason}", hint=engine_hint()
         ) from exc
+
+
+def _request(method: str, path: str, timeout: float = _TIMEOUT,
+             body: Any = None) -> tuple[int, Any]:
+    response = _call(method, path, timeout, body)
     try:
         data = json.loads(response.body) if response.body else None
     except ValueError:
@@ -202,17 +211,6 @@ def _interface_address(name: str) -> str | None:
 # the canary runs on every build that reaches the network.
 
 
-def _raw(method: str, path: str, timeout: float = _TIMEOUT, body: Any = None) -> _Response:
-    payload = json.dumps(body).encode() if body is not None else None
-    try:
-        return _exchange(method, path, timeout, payload)
-    except OSError as exc:
-        raise EngineError(
-            f"cannot reach the Docker Engine at {docker_host()}: {exc.strerror or exc}",
-            hint=engine_hint(),
-        ) from exc
-
-
 def _fail(what: str, status: int, data: Any) -> EngineError:
     message = data.get("message") if isinstance(data, dict) else None
     return EngineError(f"the Docker Engine could not {what}: {message or f'HTTP {status}'}")
@@ -234,20 +232,15 @@ def start_container(ident: str) -> None:
 
 def wait_container(ident: str, timeout: float) -> int:
     """The container's exit code; ``TimeoutError`` when it runs past ``timeout``."""
-    try:
-        response = _exchange("POST", f"/containers/{quote(ident, safe='')}/wait", timeout)
-    except TimeoutError:
-        raise
-    except OSError as exc:
-        raise EngineError(f"cannot reach the Docker Engine at {docker_host()}: {exc}",
-                          hint=engine_hint()) from exc
+    response = _call("POST", f"/containers/{quote(ident, safe='')}/wait", timeout,
+                     keep_timeout=True)
     data = json.loads(response.body) if response.body else {}
     return int(data.get("StatusCode", 1))
 
 
 def container_output(ident: str) -> bytes:
     """What the container wrote to stdout (the log's multiplexed frames, unpacked)."""
-    response = _raw("GET", f"/containers/{quote(ident, safe='')}/logs?stdout=1&stderr=0")
+    response = _call("GET", f"/containers/{quote(ident, safe='')}/logs?stdout=1&stderr=0")
     raw, out = response.body, bytearray()
     while len(raw) >= 8:
         size = int.from_bytes(raw[4:8], "big")
@@ -259,5 +252,5 @@ def container_output(ident: str) -> bytes:
 
 def remove_container(ident: str) -> bool:
     """Force-remove; False when the Engine has no such container (yet)."""
-    response = _raw("DELETE", f"/containers/{quote(ident, safe='')}?force=1&v=1")
+    response = _call("DELETE", f"/containers/{quote(ident, safe='')}?force=1&v=1")
     return response.status != 404

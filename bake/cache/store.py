@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..errors import EngineError
 from ..settings import state_dir
@@ -125,7 +125,3 @@ def last_used(key: str) -> float | None:
         return (_uses_dir() / key).stat().st_mtime
     except FileNotFoundError:
         return None
-
-
-def image_labels(info: dict[str, Any]) -> dict[str, str]:
-    return dict((info.get("Config") or {}).get("Labels") or {})
