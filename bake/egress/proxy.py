@@ -452,7 +452,12 @@ class _Client(asyncio.Protocol):
         target = f" {host}:{port}" if host else ""
         transport.write(_response(status, f"bake egress: denied{target}: {reason}\n"))
         if transport.can_write_eof():
-            transport.write_eof()
+            try:
+                transport.write_eof()
+            except OSError:
+                # The client already left (ENOTCONN from shutdown): nobody to answer.
+                transport.abort()
+                return
         transport.resume_reading()
         self.timer = self.proxy.loop.call_later(_LINGER_SECONDS, transport.close)
 
