@@ -55,6 +55,8 @@ _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?", re.ASCII | re.IGNORECASE)
 _DURATION = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s?)?", re.ASCII)
 _GPUS = re.compile(r"|all|device=\d+(?:,\d+)*", re.ASCII)
 _PATTERN = re.compile(r"[^\x00-\x1f\x7f]{1,256}")
+# PEP 508's name: starts and ends with a letter or digit.
+_SIMPLE_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?", re.ASCII)
 _SIMPLE_PIN = re.compile(
     r"([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)[ \t]*==[ \t]*([0-9]+(?:\.[0-9]+)*)", re.ASCII
 )
@@ -214,6 +216,11 @@ def parse_requirement(line: str, *, field: str = "python.requirements") -> str:
     if req.url:
         raise SpecError(f"direct references ('@ URL') are not allowed ({_show(text)})",
                         field=field)
+    if not _SIMPLE_NAME.fullmatch(req.name):
+        # packaging's parser takes names such as "0_" that PEP 508 does not, and that
+        # normalise to "0-", which packaging itself then refuses.
+        raise SpecError(f"not a valid project name ({_show(req.name)})", field=field,
+                        hint="a project name is letters and digits, with . _ - inside")
     req.name = canonicalize_name(req.name)
     normal = str(req)
     # The line is written to requirements.txt, which pip reads with its own rules: a

@@ -124,3 +124,12 @@ def test_fast_requirement_path_normalises_like_packaging(line: str) -> None:
     req = Requirement(line)
     req.name = canonicalize_name(req.name)
     assert parse_requirement(line) == str(req)
+
+
+@pytest.mark.parametrize("line", ["0_", "a_", "a__ ; python_version > \"3\""])
+def test_names_pep508_refuses_are_refused_even_where_packaging_takes_them(line: str) -> None:
+    from bake.errors import SpecError
+    from bake.spec import parse_requirement
+
+    with pytest.raises(SpecError, match="not a valid project name"):
+        parse_requirement(line)
