@@ -356,13 +356,15 @@ def run(
     *,
     args: Sequence[str] = (),
     output: Path | None = None,
+    nodes: int | None = None,
     settings: Settings | None = None,
     config: str | None = None,
     reporter: Reporter | None = None,
     stdout: IO[bytes] | None = None,
     stderr: IO[bytes] | None = None,
 ) -> RunResult:
-    """Build if needed, then run the job offline and hardened."""
+    """Build if needed, then run the job offline and hardened; ``nodes`` overrides
+    ``[run] nodes`` (N containers on a network of the job's own)."""
     from .runner import image_job, run_job, spec_job
 
     cfg = _settings(settings, config)
@@ -374,6 +376,7 @@ def run(
         plan = spec_job(built.image, job_spec, args=args, output=output)
     else:
         plan = image_job(target, args=args, output=output)
+    plan = plan.with_nodes(nodes)
     if not has_image(plan.image):
         raise RunError(f"image {plan.image} is not on this engine",
                        hint="build it first (bake build SPEC) or pull it")

@@ -1,36 +1,60 @@
-"""Run a job from its image: ``--network none``, hardened, limits from ``[run]``.
+"""Run a job from its image: one node or N, hardened, limits from ``[run]``.
 
 Plan, then execute: :func:`spec_job` / :func:`image_job` build a frozen
-:class:`RunPlan`; :func:`container_config` turns it into the Engine's container
-settings (pure, unit-tested); :func:`run_job` is the only part that runs.
-Nothing from the seller's environment reaches the job: its environment is the
-image's plus the spec's ``[job].env``, and docker-py's habit of copying the
+:class:`RunPlan`; :func:`container_config` turns it into one node's container
+settings (pure, unit-tested; ``bake/nodes.py`` plans what N nodes add);
+:func:`run_job` is the only part that runs.  Nothing from the seller's
+environment reaches the job: its environment is the image's plus the spec's
+``[job].env`` plus the node conventions, and docker-py's habit of copying the
 client's proxy settings into containers is switched off.
+
+One lifecycle, whatever N::
+
+    sweep what killed bakes left -> mount each node's /out -> (N > 1) the job's
+    network, proven closed -> create every node -> start them together -> follow
+    their output -> wait: the first node to fail stops the others; the timeout
+    stops all -> collect /out -> remove containers, network and mounts, always
+
+A single node keeps ``--network none`` and passes its output through byte for
+byte; N nodes prefix each line with the node's name.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
-import stat
-import tempfile
+import queue
 import threading
 import time
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from .errors import RunError
-from .spec import JobSpec, RunLimits
+from .errors import BakeError, RunError
+from .nodes import (
+    NODE_LABEL,
+    OWNER_LABEL,
+    RUN_LABEL,
+    NodeNetwork,
+    current_owner,
+    host_routes,
+    is_orphan,
+    node_name,
+    node_settings,
+    pick_subnet,
+    prefixes,
+)
+from .outbox import Collected, Outbox, close_outbox, collect, open_outbox, sweep_outboxes
+from .spec import MAX_NODES, JobSpec, RunLimits
 
 if TYPE_CHECKING:
     from .resolve import ResolvedJob
 
-__all__ = ["RunPlan", "RunResult", "container_config", "image_job", "run_job", "spec_job"]
+__all__ = ["NodeResult", "RunPlan", "RunResult", "container_config", "image_job", "run_job",
+           "spec_job"]
 
 NOBODY = "65534:65534"
 EXIT_TIMEOUT = 124
@@ -45,6 +69,37 @@ class RunPlan:
     output: Path | None = None
     key: str = ""
 
+    @property
+    def nodes(self) -> int:
+        return self.limits.nodes
+
+    def with_nodes(self, nodes: int | None) -> RunPlan:
+        """The plan with ``bake run --nodes`` applied."""
+        if nodes is None:
+            return self
+        if isinstance(nodes, bool) or not 1 <= nodes <= MAX_NODES:
+            from .errors import UsageError
+
+            raise UsageError(f"--nodes {nodes}: must be a whole number from 1 to {MAX_NODES}")
+        return replace(self, limits=replace(self.limits, nodes=nodes))
+
+
+@dataclass(frozen=True)
+class NodeResult:
+    rank: int
+    exit_code: int
+    oom_killed: bool = False
+    stopped: bool = False  # bake stopped it: another node failed first, or the timeout
+    output: str | None = None
+    skipped_outputs: tuple[str, ...] = ()
+    output_over_limit: bool = False
+
+    def to_json(self) -> dict[str, object]:
+        return {"node": self.rank, "exit_code": self.exit_code, "oom_killed": self.oom_killed,
+                "stopped": self.stopped, "output": self.output,
+                "skipped_outputs": list(self.skipped_outputs),
+                "output_over_limit": self.output_over_limit}
+
 
 @dataclass(frozen=True)
 class RunResult:
@@ -56,16 +111,41 @@ class RunResult:
     output: str | None = None
     skipped_outputs: tuple[str, ...] = ()
     memory_limit: int = 0
+    nodes: tuple[NodeResult, ...] = ()
+    failed_node: int | None = None  # the first node to fail, when one did
+    output_limit: int = 0
 
     @property
     def reason(self) -> str:
         if self.timed_out:
             return "timed out"
+        who = f"{node_name(self.failed_node)} " if len(self.nodes) > 1 and \
+            self.failed_node is not None else ""
         if self.oom_killed:
-            return (f"was killed for using more than its memory limit "
+            return (f"{who}was killed for using more than its memory limit "
                     f"({_human(self.memory_limit)}; raise [run] memory in bake.toml if it "
                     "needs more)")
-        return f"exited {self.exit_code}"
+        return f"{who}exited {self.exit_code}"
+
+    @property
+    def output_note(self) -> str | None:
+        """One line when a node left more in /out than ``[run] output`` allows."""
+        over = [n for n in self.nodes if n.output_over_limit]
+        if not over:
+            return None
+        who = "the job" if len(self.nodes) == 1 else ", ".join(node_name(n.rank) for n in over)
+        return (f"{who} left more than {_human(self.output_limit)} in /out ([run] output): "
+                "nothing of it was kept")
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "image": self.image, "exit_code": self.exit_code, "timed_out": self.timed_out,
+            "oom_killed": self.oom_killed, "duration_s": self.duration_s,
+            "output": self.output, "skipped_outputs": list(self.skipped_outputs),
+            "failed_node": self.failed_node,
+            "output_over_limit": any(n.output_over_limit for n in self.nodes),
+            "nodes": [n.to_json() for n in self.nodes],
+        }
 
 
 def spec_job(image: str, spec: JobSpec, *, args: Sequence[str] = (),
@@ -94,14 +174,18 @@ def image_job(image: str, *, args: Sequence[str] = (), output: Path | None = Non
                    str(labels.get("bake.key", "")))
 
 
-def container_config(plan: RunPlan, *, user: str, out_dir: str | None) -> dict[str, Any]:
-    """The Engine's settings for the job's container.  Pure."""
+def container_config(plan: RunPlan, *, user: str, out_dir: str | None, rank: int = 0,
+                     network: NodeNetwork | None = None, run_id: str = "",
+                     owner: str = "") -> dict[str, Any]:
+    """The Engine's settings for node ``rank``'s container (the only one, when N = 1).  Pure."""
+    from .nodes import node_env
+
     limits = plan.limits
     config: dict[str, Any] = {
         "image": plan.image,
         "command": list(plan.command),
-        "environment": dict(plan.env),
-        "network_mode": "none",
+        # The node conventions last: they describe the job's shape, which the spec cannot.
+        "environment": {**dict(plan.env), **node_env(rank, plan.nodes)},
         "cap_drop": ["ALL"],
         "security_opt": ["no-new-privileges"],
         "read_only": True,
@@ -121,13 +205,16 @@ def container_config(plan: RunPlan, *, user: str, out_dir: str | None) -> dict[s
         # the job the host's cgroup paths (other containers' ids); a private one does not.
         "cgroupns": "private",
         "user": user,
-        "labels": {"bake.job": plan.key or "unknown"},
+        "labels": {"bake.job": plan.key or "unknown", RUN_LABEL: run_id, NODE_LABEL: str(rank),
+                   OWNER_LABEL: owner},
         "detach": True,
         "stdin_open": False,
         "tty": False,
         # docker-py copies ~/.docker/config.json proxies into the container's env by default.
         "use_config_proxy": False,
         "volumes": {out_dir: {"bind": "/out", "mode": "rw"}} if out_dir else {},
+        # Hostname, hosts file, resolver and network (none, for a single node).
+        **node_settings(rank, plan.nodes, network),
     }
     if limits.gpus:
         from docker.types import DeviceRequest
@@ -162,75 +249,258 @@ def run_job(
     stdout: IO[bytes] | None = None,
     stderr: IO[bytes] | None = None,
 ) -> RunResult:
-    """Run the planned job to its end; always removes the container."""
+    """Run the planned job to its end; always removes its containers, network and mounts."""
     import docker.errors
-    import requests.exceptions
 
     from .cache.store import docker_client
 
-    client = docker_client()
+    n = plan.nodes
+    # Each node holds three connections while it runs: its exit and its two streams.
+    client = docker_client(max_pool_size=3 * n + 4)
     try:
         info = client.api.inspect_image(plan.image)
     except docker.errors.ImageNotFound:
         raise RunError(f"image {plan.image} is not on this engine") from None
     user = job_user((info.get("Config") or {}).get("User", ""))
-    staging = _staging(user) if plan.output is not None else None
-    started = time.monotonic()
-    container = None
-    # A name of bake's own: a Ctrl-C that lands while the Engine is creating the
+    me = current_owner()
+    sweep(client, lambda label: is_orphan(label, me))
+    run_id = uuid.uuid4().hex[:16]
+    # Names of bake's own: a Ctrl-C that lands while the Engine is creating a
     # container (before create() returns its id) must not leave it behind.
-    name = f"bake-job-{uuid.uuid4().hex[:16]}"
-    out_stream = stdout if stdout is not None else _stdbuffer("stdout")
-    err_stream = stderr if stderr is not None else _stdbuffer("stderr")
+    names = [f"bake-job-{run_id}" if n == 1 else f"bake-job-{run_id}-{rank}"
+             for rank in range(n)]
+    requested: list[str] = []
+    created: set[str] = set()
+    boxes: list[Outbox] = []
+    network: NodeNetwork | None = None
+    network_requested = False
+    started = time.monotonic()
     try:
-        try:
-            container = client.containers.create(
-                name=name,
-                **container_config(plan, user=user, out_dir=str(staging) if staging else None),
-            )
-            container.start()
-        except docker.errors.APIError as exc:
-            raise RunError(f"cannot start the job's container: {exc.explanation or exc}") from exc
-        pumps = []
-        if stream:
-            for which, sink in (("stdout", out_stream), ("stderr", err_stream)):
-                t = threading.Thread(target=_pump, args=(container, which, sink), daemon=True)
-                t.start()
-                pumps.append(t)
-        timed_out = False
-        try:
-            status = container.wait(timeout=plan.limits.timeout)
-            code = int(status.get("StatusCode", 1))
-        except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
-            timed_out = True
-            with contextlib.suppress(docker.errors.APIError):
-                container.kill()
-            code = EXIT_TIMEOUT
-        for t in pumps:
-            t.join(timeout=10)
-        state = client.api.inspect_container(container.id)["State"]
-        oom = bool(state.get("OOMKilled"))
-        skipped: tuple[str, ...] = ()
-        if staging is not None and plan.output is not None:
-            skipped = collect_output(staging, plan.output)
+        if plan.output is not None:
+            for _ in range(n):
+                boxes.append(open_outbox(plan.limits.output, user, me.label()))
+        if n > 1:
+            network_requested = True
+            network = _create_network(client, plan, run_id, me.label())
+            _prove_closed(plan, network, me.label())
+        for rank, name in enumerate(names):
+            config = container_config(plan, user=user,
+                                      out_dir=str(boxes[rank].mount) if boxes else None,
+                                      rank=rank, network=network, run_id=run_id,
+                                      owner=me.label())
+            requested.append(name)
+            try:
+                client.containers.create(name=name, **config)
+            except docker.errors.APIError as exc:
+                raise RunError(f"cannot create {_who(rank, n)}container: "
+                               f"{exc.explanation or exc}") from exc
+            created.add(name)
+        _each(lambda name: _start(client, name), names)
+        pumps = _follow(client, names, stdout, stderr) if stream else []
+        codes, first_failed, stopped, timed_out = _wait_all(client, names, plan.limits.timeout)
+        for pump in pumps:
+            pump.join(timeout=10)
+        nodes = []
+        for rank, name in enumerate(names):
+            state = client.api.inspect_container(name)["State"]
+            code = codes.get(rank, int(state.get("ExitCode") or 0))
+            kept = Collected(False, 0)
+            where = None
+            if boxes and plan.output is not None:
+                dest = plan.output if n == 1 else plan.output / node_name(rank)
+                kept = collect(boxes[rank].mount, dest, plan.limits.output)
+                where = str(dest)
+            nodes.append(NodeResult(rank, code, bool(state.get("OOMKilled")), rank in stopped,
+                                    where, kept.skipped, kept.over_limit))
+        failed = nodes[first_failed] if first_failed is not None else None
+        skipped = tuple(s if n == 1 else f"{node_name(r.rank)}/{s}"
+                        for r in nodes for s in r.skipped_outputs)
         return RunResult(
             image=plan.image,
-            exit_code=code,
+            exit_code=EXIT_TIMEOUT if timed_out else (failed.exit_code if failed else 0),
             timed_out=timed_out,
-            oom_killed=oom,
+            oom_killed=bool(failed and failed.oom_killed) or (n == 1 and nodes[0].oom_killed),
             duration_s=round(time.monotonic() - started, 3),
             output=str(plan.output) if plan.output else None,
             skipped_outputs=skipped,
             memory_limit=plan.limits.memory,
+            nodes=tuple(nodes),
+            failed_node=first_failed,
+            output_limit=plan.limits.output,
         )
     finally:
-        _remove(client, name, maybe_in_flight=container is None)
-        if staging is not None:
-            shutil.rmtree(staging.parent, ignore_errors=True)
+        # Containers first (a network with endpoints cannot go), then the network,
+        # then the mounts their /out lived on.
+        _each(lambda name: _remove(client, name, maybe_in_flight=name not in created),
+              requested)
+        if network_requested:
+            # By name: a Ctrl-C may land while the Engine is still creating it.
+            _remove_network(client, NodeNetwork.name_for(run_id),
+                            maybe_in_flight=network is None)
+        for box in boxes:
+            close_outbox(box)
+
+
+def _who(rank: int, nodes: int) -> str:
+    return f"{node_name(rank)}'s " if nodes > 1 else "the job's "
+
+
+def _each(action: Callable[[str], None], names: Iterable[str]) -> None:
+    """``action`` on every name at once (all nodes start, stop and go together);
+    the first error is raised once all are done."""
+    items = list(names)
+    if len(items) <= 1:
+        for name in items:
+            action(name)
+        return
+    with ThreadPoolExecutor(max_workers=len(items)) as pool:
+        for future in [pool.submit(action, name) for name in items]:
+            future.result()
+
+
+def _start(client: Any, name: str) -> None:
+    import docker.errors
+
+    try:
+        client.api.start(name)
+    except docker.errors.APIError as exc:
+        raise RunError(f"cannot start the job's container {name}: "
+                       f"{exc.explanation or exc}") from exc
+
+
+def _kill(client: Any, name: str) -> None:
+    import docker.errors
+    import requests.exceptions
+
+    with contextlib.suppress(docker.errors.APIError, requests.exceptions.RequestException):
+        client.api.kill(name)
+
+
+def _wait_all(client: Any, names: Sequence[str], timeout: int
+              ) -> tuple[dict[int, int], int | None, set[int], bool]:
+    """Wait for every node: (exit codes, first failing rank, ranks bake stopped, timed out).
+
+    The first node to exit non-zero stops the others at once; at the job's timeout
+    every node still running is stopped.  The main thread waits on a queue, so a
+    Ctrl-C or SIGTERM lands at once.
+    """
+    import docker.errors
+    import requests.exceptions
+
+    exits: queue.Queue[tuple[int, int | None]] = queue.Queue()
+
+    def wait(rank: int) -> None:
+        try:
+            status = client.api.wait(names[rank], timeout=timeout + 60)
+            exits.put((rank, int(status.get("StatusCode", 1))))
+        except (docker.errors.APIError, requests.exceptions.RequestException):
+            exits.put((rank, None))
+
+    for rank in range(len(names)):
+        threading.Thread(target=wait, args=(rank,), daemon=True).start()
+    deadline = time.monotonic() + timeout
+    codes: dict[int, int] = {}
+    first_failed: int | None = None
+    stopped: set[int] = set()
+    timed_out = False
+
+    def stop_the_rest() -> None:
+        rest = [rank for rank in range(len(names)) if rank not in codes]
+        stopped.update(rest)
+        _each(lambda name: _kill(client, name), [names[rank] for rank in rest])
+
+    while len(codes) < len(names):
+        remaining = deadline - time.monotonic()
+        if not timed_out and remaining <= 0:
+            timed_out = True
+            stop_the_rest()
+        try:
+            rank, code = exits.get(timeout=max(remaining, 0.05) if not timed_out else 30)
+        except queue.Empty:
+            if timed_out:
+                break  # the engine did not report the killed nodes: inspect says the rest
+            continue
+        if code is None:
+            continue  # the wait itself failed; inspect gives the code after
+        codes[rank] = code
+        if code != 0 and first_failed is None and not timed_out and rank not in stopped:
+            first_failed = rank
+            stop_the_rest()
+    return codes, first_failed, stopped, timed_out
+
+
+def _follow(client: Any, names: Sequence[str], stdout: IO[bytes] | None,
+            stderr: IO[bytes] | None) -> list[threading.Thread]:
+    """Stream every node's output; with N > 1, line by line with the node's name."""
+    sinks = {"stdout": stdout if stdout is not None else _stdbuffer("stdout"),
+             "stderr": stderr if stderr is not None else _stdbuffer("stderr")}
+    locks = {which: threading.Lock() for which in sinks}
+    pumps = []
+    for name, prefix in zip(names, prefixes(len(names)), strict=True):
+        for which, sink in sinks.items():
+            writer = _Lines(sink, prefix, locks[which]) if prefix else _Raw(sink)
+            t = threading.Thread(target=_pump, args=(client, name, which, writer), daemon=True)
+            t.start()
+            pumps.append(t)
+    return pumps
+
+
+class _Raw:
+    """A single node's output: passed through byte for byte, as it comes."""
+
+    def __init__(self, sink: IO[bytes]) -> None:
+        self.sink = sink
+
+    def write(self, chunk: bytes) -> None:
+        self.sink.write(chunk)
+        self.sink.flush()
+
+    def close(self) -> None:
+        pass
+
+
+class _Lines:
+    """One node's stream into a sink every node shares: whole lines, each prefixed."""
+
+    LONGEST = 64 << 10  # a line longer than this is cut, so one node cannot hold the rest
+
+    def __init__(self, sink: IO[bytes], prefix: bytes, lock: threading.Lock) -> None:
+        self.sink, self.prefix, self.lock = sink, prefix, lock
+        self.partial = b""
+
+    def write(self, chunk: bytes) -> None:
+        *lines, self.partial = (self.partial + chunk).split(b"\n")
+        while len(self.partial) > self.LONGEST:
+            lines.append(self.partial[:self.LONGEST])
+            self.partial = self.partial[self.LONGEST:]
+        if lines:
+            self._emit(lines)
+
+    def close(self) -> None:
+        if self.partial:
+            self._emit([self.partial])
+            self.partial = b""
+
+    def _emit(self, lines: list[bytes]) -> None:
+        with self.lock:
+            self.sink.write(b"".join(self.prefix + line + b"\n" for line in lines))
+            self.sink.flush()
+
+
+def _pump(client: Any, name: str, which: str, writer: _Raw | _Lines) -> None:
+    try:
+        for chunk in client.api.logs(name, stream=True, follow=True, stdout=which == "stdout",
+                                     stderr=which == "stderr"):
+            writer.write(chunk)
+    except Exception:  # noqa: BLE001 - the container may vanish under us; output is best effort
+        pass
+    finally:
+        with contextlib.suppress(Exception):
+            writer.close()
 
 
 def _remove(client: Any, name: str, *, maybe_in_flight: bool) -> None:
-    """Remove the job's container by name; when create() never returned, the Engine may
+    """Remove a container by name; when create() never returned, the Engine may
     still be making it, so look again for a moment before giving up."""
     import docker.errors
     import requests.exceptions
@@ -246,88 +516,108 @@ def _remove(client: Any, name: str, *, maybe_in_flight: bool) -> None:
             return
 
 
+def _remove_network(client: Any, name: str, *, maybe_in_flight: bool = False) -> None:
+    import docker.errors
+    import requests.exceptions
+
+    for attempt in range(20):
+        try:
+            client.api.remove_network(name)
+            return
+        except docker.errors.NotFound:
+            if not maybe_in_flight or attempt >= 9:
+                return
+            time.sleep(0.1)
+        except docker.errors.APIError:
+            # "has active endpoints": a container's removal is still being finished.
+            if attempt < 19:
+                time.sleep(0.1)
+        except requests.exceptions.RequestException:
+            return
+
+
+def _create_network(client: Any, plan: RunPlan, run_id: str, owner: str) -> NodeNetwork:
+    """Create the job's network on a free /27, after making sure bake's rules guard it."""
+    import docker.errors
+
+    from .egress import lockdown
+
+    try:
+        lockdown.ensure_node_rules()
+    except BakeError as exc:
+        raise RunError(f"a job of {plan.nodes} nodes needs bake's firewall rules for job "
+                       f"networks, and they are not in place: {exc.message}",
+                       hint="run bake as root: it installs them itself") from exc
+    taken = _taken_subnets(client)
+    for _ in range(8):
+        network = NodeNetwork.for_run(run_id, pick_subnet(taken), owner=owner)
+        try:
+            client.api.create_network(**network.create_args())
+            return network
+        except docker.errors.APIError as exc:
+            if "overlap" not in str(exc).lower():
+                raise RunError(f"cannot create the job's network: "
+                               f"{exc.explanation or exc}") from exc
+            taken.append(network.subnet)  # another run took it a moment ago: another one
+    raise RunError("cannot find a free address range for the job's network",
+                   hint=f"too many networks overlap {network.subnet}'s pool; remove unused ones")
+
+
+def _prove_closed(plan: RunPlan, network: NodeNetwork, owner: str) -> None:
+    """A canary on the job's own network shows that no address of the host answers
+    (or a proof made under the same firewall rules a moment ago stands)."""
+    from .egress import lockdown
+
+    proof = lockdown.prove_nodes_recent(
+        plan.image, JOB_PYTHON, network.name, network.gateway,
+        network.address(network.canary_host), owner=owner,
+        network_options=network.shape())
+    if not proof.enforced:
+        raise RunError(f"the job's network is not closed: {proof.detail}",
+                       hint="check `iptables -S BAKE-NODES-FWD` and that nothing else "
+                       "accepts traffic from bkn-* bridges")
+
+
+def _taken_subnets(client: Any) -> list[str]:
+    """What a job's network must not overlap: the host's routes and the engine's networks."""
+    taken: list[str] = []
+    try:
+        with open("/proc/net/route", encoding="ascii") as fh:
+            taken += host_routes(fh.read())
+    except OSError:
+        pass
+    with contextlib.suppress(Exception):
+        for net in client.api.networks():
+            for config in (net.get("IPAM") or {}).get("Config") or []:
+                if config.get("Subnet"):
+                    taken.append(str(config["Subnet"]))
+    return taken
+
+
+def sweep(client: Any, orphan: Callable[[str], bool]) -> None:
+    """Remove what a bake killed with SIGKILL left: its containers, networks and mounts,
+    found by bake's own labels; never those of a bake that is still alive."""
+    import docker.errors
+    import requests.exceptions
+
+    try:
+        containers = client.api.containers(all=True, filters={"label": OWNER_LABEL})
+        for found in containers:
+            if orphan((found.get("Labels") or {}).get(OWNER_LABEL, "")):
+                _remove(client, found["Id"], maybe_in_flight=False)
+        for net in client.api.networks(filters={"label": OWNER_LABEL}):
+            if orphan((net.get("Labels") or {}).get(OWNER_LABEL, "")):
+                _remove_network(client, net["Id"])
+    except (docker.errors.APIError, requests.exceptions.RequestException):
+        pass  # a sweep that cannot run now runs next time
+    sweep_outboxes(orphan)
+
+
 def _stdbuffer(name: str) -> IO[bytes]:
     import sys
 
     stream: IO[bytes] = (sys.stdout if name == "stdout" else sys.stderr).buffer
     return stream
-
-
-def _pump(container: Any, which: str, sink: IO[bytes]) -> None:
-    try:
-        for chunk in container.logs(stream=True, follow=True, stdout=which == "stdout",
-                                    stderr=which == "stderr"):
-            sink.write(chunk)
-            sink.flush()
-    except Exception:  # noqa: BLE001 - the container may vanish under us; output is best effort
-        return
-
-
-def _staging(user: str) -> Path:
-    """A fresh folder for /out, owned by the job's user, outside any folder the caller named."""
-    from .settings import state_dir
-
-    root = state_dir() / "runs"
-    root.mkdir(parents=True, exist_ok=True)
-    holder = Path(tempfile.mkdtemp(prefix="run-", dir=root))
-    out = holder / "out"
-    out.mkdir()
-    uid, _, gid = user.partition(":")
-    try:
-        os.chown(out, int(uid), int(gid) if gid.isdigit() else int(uid))
-    except (ValueError, PermissionError):
-        # A seller running bake without root cannot give the folder away; the holder
-        # above stays private (0700), so a world-writable out/ exposes nothing.
-        os.chmod(out, 0o777)
-    return out
-
-
-def collect_output(staging: Path, dest: Path) -> tuple[str, ...]:
-    """Copy what the job wrote into ``dest``: regular files and folders only.
-
-    Symlinks, devices and fifos are skipped (and named), so a job cannot make
-    the host follow a link out of its output folder.
-    """
-    skipped: list[str] = []
-    dest.mkdir(parents=True, exist_ok=True)
-    for root, dirs, files in os.walk(staging, followlinks=False):
-        rel_root = Path(root).relative_to(staging)
-        target_root = dest / rel_root
-        for name in list(dirs):
-            src = Path(root) / name
-            if src.is_symlink() or (target_root / name).is_symlink():
-                # Neither the job's links nor one already in the seller's folder is followed.
-                skipped.append(str(rel_root / name))
-                dirs.remove(name)
-                continue
-            (target_root / name).mkdir(exist_ok=True)
-        for name in files:
-            src = Path(root) / name
-            st = os.lstat(src)
-            if not stat.S_ISREG(st.st_mode):
-                skipped.append(str(rel_root / name))
-                continue
-            target = target_root / name
-            if target.is_symlink():
-                target.unlink()
-            try:
-                fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-            except OSError:
-                # Unreadable to bake (a job's 0000 file when bake is not root): name it.
-                skipped.append(str(rel_root / name))
-                continue
-            with os.fdopen(fd, "rb") as fin:
-                # Check the file we opened, not the name: it may have changed since lstat.
-                if not stat.S_ISREG(os.fstat(fin.fileno()).st_mode):
-                    skipped.append(str(rel_root / name))
-                    continue
-                out_fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW,
-                                 0o600)
-                with os.fdopen(out_fd, "wb") as fout:
-                    shutil.copyfileobj(fin, fout, 1 << 20)
-            # Setuid/setgid bits and group/other write never cross to the host.
-            os.chmod(target, st.st_mode & 0o755)
-    return tuple(skipped)
 
 
 # Where the templates put what the self-check reads (bake/templates/_base/Dockerfile.j2).

@@ -69,12 +69,14 @@ def key_lock(
         os.close(fd)
 
 
-def docker_client() -> docker.DockerClient:
+def docker_client(*, max_pool_size: int = 10) -> docker.DockerClient:
+    """``max_pool_size``: connections held at once (a multi-node run follows every
+    node's output and exit at the same time)."""
     import docker
     import docker.errors
 
     try:
-        client = docker.from_env(timeout=600)
+        client = docker.from_env(timeout=600, max_pool_size=max_pool_size)
         client.ping()
     except docker.errors.DockerException as exc:
         raise EngineError(f"cannot reach the Docker Engine: {exc}", hint=engine_hint()) from exc

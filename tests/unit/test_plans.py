@@ -69,7 +69,11 @@ def test_container_is_hardened() -> None:
     assert config["pids_limit"] == 100 and config["mem_limit"] == 1 << 30
     assert config["memswap_limit"] == 1 << 30 and config["nano_cpus"] == 1_500_000_000
     assert config["ipc_mode"] == "private" and config["use_config_proxy"] is False
-    assert config["environment"] == {"A": "1"} and config["volumes"] == {}
+    # The spec's env, plus the node conventions (one node: rank 0 of 1).
+    assert config["environment"] == {"A": "1", "MASTER_ADDR": "node-0", "MASTER_PORT": "29500",
+                                     "NNODES": "1", "NODE_RANK": "0", "WORLD_SIZE": "1",
+                                     "RANK": "0", "LOCAL_RANK": "0"}
+    assert config["volumes"] == {}
     assert "privileged" not in config and "devices" not in config
 
 

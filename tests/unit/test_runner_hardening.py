@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bake.runner import NOBODY, RunPlan, RunResult, collect_output, container_config, job_user
+from bake.outbox import collect
+from bake.runner import NOBODY, RunPlan, RunResult, container_config, job_user
 from bake.spec import RunLimits
 
 
@@ -77,7 +78,7 @@ def hostile_output(tmp_path: Path) -> Path:
 def test_output_collection_copies_files_and_never_follows_links(hostile_output: Path,
                                                                 tmp_path: Path) -> None:
     dest = tmp_path / "dest"
-    skipped = collect_output(hostile_output, dest)
+    skipped = collect(hostile_output, dest, 1 << 20).skipped
     assert (dest / "result.txt").read_text() == "ok\n"
     assert (dest / "sub" / "deep.txt").read_text() == "deep\n"
     assert sorted(skipped) == ["etc", "loop", "passwd", "pipe", "sub/up"]
@@ -96,7 +97,7 @@ def test_output_collection_does_not_write_through_links_in_the_destination(
     dest.mkdir()
     (dest / "sub").symlink_to(elsewhere)  # the job's sub/ must not land in elsewhere/
     (dest / "result.txt").symlink_to(elsewhere / "planted.txt")
-    skipped = collect_output(hostile_output, dest)
+    skipped = collect(hostile_output, dest, 1 << 20).skipped
     assert list(elsewhere.iterdir()) == []
     assert "sub" in skipped
     assert not (dest / "result.txt").is_symlink() and (dest / "result.txt").read_text() == "ok\n"
@@ -114,14 +115,10 @@ class _Engine:
         self.made: set[str] = set()
         self.lookups = 0
         self.api = self
-        self.containers = self
+        self.containers = _Create(self)
 
     def inspect_image(self, image: str) -> dict[str, object]:
         return {"Config": {"User": "10001:10001"}}
-
-    def create(self, *, name: str, **config: object) -> None:
-        self.pending = name
-        raise KeyboardInterrupt  # the signal lands while the request is in flight
 
     def remove_container(self, name: str, force: bool = False) -> None:
         self.lookups += 1
@@ -131,6 +128,21 @@ class _Engine:
             raise self.errors.NotFound(f"no such container: {name}")
         self.made.remove(name)
 
+    def networks(self, **filters: object) -> list[object]:
+        return []  # nothing to sweep
+
+
+class _Create:
+    def __init__(self, engine: _Engine) -> None:
+        self.engine = engine
+
+    def __call__(self, **filters: object) -> list[object]:
+        return []  # client.api.containers(...): nothing to sweep
+
+    def create(self, *, name: str, **config: object) -> None:
+        self.engine.pending = name
+        raise KeyboardInterrupt  # the signal lands while the request is in flight
+
 
 def test_a_container_whose_create_was_interrupted_is_still_removed(
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -138,7 +150,7 @@ def test_a_container_whose_create_was_interrupted_is_still_removed(
     from bake.runner import run_job
 
     engine = _Engine()
-    monkeypatch.setattr(store, "docker_client", lambda: engine)
+    monkeypatch.setattr(store, "docker_client", lambda **_: engine)
     with pytest.raises(KeyboardInterrupt):
         run_job(RunPlan("img", ("python",)), stream=False)
     assert engine.pending and engine.pending.startswith("bake-job-")
