@@ -126,7 +126,9 @@ def run(
         console.json_line(result.to_json())
     if result.output_note:
         console.note(result.output_note)
-    if result.timed_out or result.oom_killed or (len(result.nodes) > 1 and result.exit_code):
+    if len(result.nodes) > 1 and result.failed_node is not None and not result.timed_out:
+        console.note(f"{result.reason} first; bake stopped the other nodes")
+    elif result.timed_out or result.oom_killed:
         console.note(f"the job {result.reason}")
     raise typer.Exit(124 if result.timed_out else result.exit_code)
 
