@@ -17,9 +17,11 @@ Why the network looks the way it does (each point is attacked by a test):
   a host service listening on all addresses is reachable through it.
 * ``dns = 127.0.0.1``: the engine's embedded DNS server answers the nodes' names
   itself and forwards everything else to the container's own loopback, where
-  nothing listens.  Without it, Engine 20.10 forwards a node's lookups through
-  the *host's* resolver when that resolver is on loopback (systemd-resolved's
-  127.0.0.53): any name a node asks for would leave the machine.
+  nothing listens.  Without a DNS setting of its own, Engine 20.10 forwards a
+  node's lookups, even on an ``--internal`` network, through the *host's*
+  resolver when that resolver is on loopback (systemd-resolved's 127.0.0.53),
+  from the host's namespace: any name a node asks for would leave the machine
+  (tests/integration/test_nodes.py shows it on an engine that sees such a host).
 * The bridge is named ``bkn-...`` so that bake's own firewall rules
   (``egress.lockdown``, the only iptables user) drop anything a node sends to
   the host or routes elsewhere, whatever the engine's own rules do.

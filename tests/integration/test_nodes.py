@@ -577,3 +577,59 @@ def test_a_killed_bake_is_swept_by_the_next_run_but_a_live_one_is_not(
             killed.kill()
             killed.communicate(timeout=30)
     assert owned_by(alive.pid) == ([], [])
+
+
+def test_no_lookup_leaves_through_a_resolver_on_the_hosts_loopback(
+        cluster: dict[str, Any]) -> None:
+    """On a host whose resolver is on loopback (systemd-resolved's 127.0.0.53), Engine
+    20.10's embedded DNS forwards a container's lookups from the host's namespace, even
+    on an --internal network: any name a node asked for would leave the machine.  A
+    second engine sees such a resolv.conf; a DNS listener waits at 127.0.0.53."""
+    from tests.machines import loaded_from_host, second_engine
+
+    arrived: list[str] = []
+    sockets = []
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        sock = socket.socket(socket.AF_INET, kind)
+        sock.bind(("127.0.0.53", 53))
+        if kind == socket.SOCK_STREAM:
+            sock.listen(16)
+        sock.settimeout(0.2)
+        sockets.append(sock)
+
+    def watch(sock: socket.socket) -> None:
+        while True:
+            try:
+                if sock.type == socket.SOCK_STREAM:
+                    conn, _ = sock.accept()
+                    conn.close()
+                    arrived.append("tcp")
+                else:
+                    data, _ = sock.recvfrom(512)
+                    arrived.append(repr(data[12:60]))
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    for sock in sockets:
+        threading.Thread(target=watch, args=(sock,), daemon=True).start()
+    host: Host = cluster["host"]
+    targets = {"tcp": [], "udp": [], "gateway_ports": [], "dns_servers": [],
+               "names": ["bake-canary-leak.example.com", "bake-canary-bare"]}
+    try:
+        with second_engine(loaded_from_host(cluster["image"]), label="nodes-dns",
+                           resolv_conf="nameserver 127.0.0.53\n") as sock_path:
+            proc = host.bake("run", cluster["image"], "--nodes", "2", "--", "probe",
+                             json.dumps(targets), env={"DOCKER_HOST": sock_path}, timeout=300)
+            time.sleep(1)
+    finally:
+        for sock in sockets:
+            sock.close()
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    found = results(proc.stdout)
+    assert sorted(found) == [0, 1]
+    for facts in found.values():
+        assert all(v.startswith("failed") for k, v in facts["found"].items()
+                   if k.startswith("name ")), facts
+    assert arrived == [], arrived
