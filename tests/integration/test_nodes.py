@@ -184,6 +184,39 @@ def sleep():
     print("sleeping", flush=True)
     time.sleep(300)
 
+def write(how, size_mib):
+    """Fill /out as a hostile job would; report how far the kernel let it go."""
+    size, written, error = int(size_mib) << 20, 0, None
+    try:
+        if how == "fill":
+            with open("/out/fill.bin", "wb") as fh:
+                while written < size:
+                    fh.write(b"x" * (1 << 20))
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                    written += 1 << 20
+        elif how == "sparse":
+            with open("/out/sparse.bin", "wb") as fh:
+                fh.truncate(size)
+            written = size
+        elif how == "links":
+            with open("/out/one.bin", "wb") as fh:
+                fh.write(b"x" * (1 << 20))
+            for i in range(int(size_mib) - 1):
+                os.link("/out/one.bin", f"/out/link{i}")
+            written = size
+        elif how == "many":
+            for i in range(size // 4096):
+                open(f"/out/f{i}", "w").close()
+                written += 4096
+        elif how == "ok":
+            with open("/out/result.bin", "wb") as fh:
+                fh.write(b"r" * size)
+            written = size
+    except OSError as exc:
+        error = exc.errno
+    result({"written": written, "error": error})
+
 what = sys.argv[1]
 if what == "exchange":
     result(exchange())
@@ -197,6 +230,8 @@ elif what == "fail":
     fail(*sys.argv[2:4])
 elif what == "sleep":
     sleep()
+elif what == "write":
+    write(*(sys.argv[2:4] if rank == 0 or len(sys.argv) < 6 else sys.argv[4:6]))
 elif what == "exit":
     sys.exit(int(sys.argv[2]))
 '''
@@ -213,6 +248,7 @@ nodes = {nodes}
 """
 SPECS = {"bake.toml": ("2m", 2), "three.toml": ("2m", 3), "one.toml": ("2m", 1),
          "short.toml": ("4s", 2)}
+OUT_SPEC = SPEC.format(timeout="2m", nodes=1) + 'output = "8m"\n'
 
 
 @pytest.fixture(scope="module")
@@ -227,6 +263,7 @@ def cluster(engine: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     (job / "node.py").write_text(f"# nonce {uuid.uuid4()}\n{NODE}")
     for name, (timeout, nodes) in SPECS.items():
         (job / name).write_text(SPEC.format(timeout=timeout, nodes=nodes))
+    (job / "out.toml").write_text(OUT_SPEC)
     proc = host.bake("build", str(job / "bake.toml"), "--json", check=True)
     image = json.loads(proc.stdout)["image"]
     yield {"host": host, "job": job, "image": image, "key": image.rpartition(":")[2]}
@@ -633,3 +670,48 @@ def test_no_lookup_leaves_through_a_resolver_on_the_hosts_loopback(
         assert all(v.startswith("failed") for k, v in facts["found"].items()
                    if k.startswith("name ")), facts
     assert arrived == [], arrived
+
+
+def loop_devices() -> list[str]:
+    return subprocess.run(["losetup", "-a"], capture_output=True, text=True,
+                          check=True).stdout.splitlines()
+
+
+@pytest.mark.parametrize(("how", "mib"), [("fill", 4096), ("sparse", 65536), ("links", 12),
+                                          ("many", 12)])
+def test_out_past_its_limit_keeps_nothing_and_costs_the_host_little(
+        cluster: dict[str, Any], tmp_path: Path, how: str, mib: int) -> None:
+    from bake.outbox import fs_size
+    from bake.settings import state_dir
+
+    before = loop_devices()
+    dest = tmp_path / "out"
+    proc, found = run(cluster, "write", how, str(mib), spec="out.toml",
+                      extra=("--output", str(dest), "--json"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    wrote = found[0]
+    if how == "fill":
+        # The kernel stopped it past the limit (so the measure sees it), not far past.
+        assert wrote["error"] == 28 and 8 << 20 < wrote["written"] <= fs_size(8 << 20)
+    else:
+        assert wrote["error"] is None  # the tricks themselves fit in the filesystem
+    outcome = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert outcome["output_over_limit"] is True and outcome["nodes"][0]["output_over_limit"]
+    assert list(dest.iterdir()) == []
+    notes = [line for line in proc.stderr.splitlines() if "[run] output" in line]
+    assert notes == ["bake: the job left more than 8 MiB in /out ([run] output): nothing of it "
+                     "was kept"], proc.stderr[-2000:]
+    assert list((state_dir() / "runs").iterdir()) == []  # unmounted and removed
+    assert loop_devices() == before
+
+
+def test_out_within_its_limit_is_kept_per_node(cluster: dict[str, Any], tmp_path: Path) -> None:
+    dest = tmp_path / "out"
+    # node-0 writes 3 MiB (kept), node-1 12 MiB (past the limit: nothing of it kept)
+    proc, _ = run(cluster, "write", "ok", "3", "ok", "12", spec="out.toml",
+                  extra=("--output", str(dest), "--nodes", "2"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert (dest / "node-0" / "result.bin").stat().st_size == 3 << 20
+    assert list((dest / "node-1").iterdir()) == []
+    assert "node-1 left more than 8 MiB in /out ([run] output): nothing of it was kept" \
+        in proc.stderr
