@@ -490,6 +490,9 @@ def host_addresses() -> list[str]:
     return sorted(found)
 
 
+# Plenty for a listener that answers; an address no one holds fails by the neighbour
+# lookup's own timeout (3 s) otherwise.
+_NODE_CANARY_TIMEOUT = 1.5
 _NODE_CANARY = rf"""
 import json, socket, sys, threading
 targets, port, me = json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
@@ -501,7 +504,7 @@ def attempt(address):
     except OSError as exc:
         results[address] = "failed: " + type(exc).__name__
         return
-    s.settimeout({_CANARY_TIMEOUT})
+    s.settimeout({_NODE_CANARY_TIMEOUT})
     try:
         s.connect((address, port))
         results[address] = "connected"
@@ -522,7 +525,7 @@ threads = [threading.Thread(target=attempt, args=(a,)) for a in targets]
 for t in threads:
     t.start()
 control = socket.socket()
-control.settimeout({_CANARY_TIMEOUT})
+control.settimeout({_NODE_CANARY_TIMEOUT})
 try:
     control.connect(own.getsockname())
     control_result = "connected"
@@ -652,8 +655,8 @@ def prove_nodes(image: str, python: str, network: str, gateway: str, canary_addr
 def prove_nodes_recent(image: str, python: str, network: str, gateway: str,
                        canary_address: str, *, owner: str, network_options: str) -> Proof:
     """:func:`prove_nodes`, or a positive proof made under the very same rules and network
-    options less than :data:`PROOF_TTL` ago (a canary costs a few seconds: the attempts
-    to reach an address no one holds wait for the neighbour lookup to give up)."""
+    options less than :data:`PROOF_TTL` ago (a canary costs about two seconds: a
+    container start, and attempts on addresses no one holds, which time out)."""
     from ..settings import state_dir
 
     record = state_dir() / "nodes-proof.json"
