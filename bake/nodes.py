@@ -26,9 +26,11 @@ Why the network looks the way it does (each point is attacked by a test):
   (``egress.lockdown``, the only iptables user) drop anything a node sends to
   the host or routes elsewhere, whatever the engine's own rules do.
 
-The seam for more than one machine is :class:`NodeNetwork`'s ``driver``: a
-Docker Swarm overlay (``--internal``, attachable) instead of the bridge, with
-the same addresses, hosts files and environment (docs/multi-node.md).
+The seam for more than one machine is :class:`NodeNetwork`'s ``driver`` (a plan's
+``network``): a Docker Swarm overlay (``--internal``, attachable) instead of the
+bridge, with the same fixed addresses, hosts files, resolver and environment.
+It runs on a one-node swarm (tests/integration/test_nodes.py); placing nodes on
+several engines is the step left (docs/multi-node.md).
 """
 
 from __future__ import annotations
@@ -62,6 +64,10 @@ MASTER_PORT = 29500  # torch.distributed's default
 # unused gateway address, the canary and the broadcast address fit in 32).
 NODE_POOL = ipaddress.IPv4Network("10.250.0.0/16")
 NODE_PREFIX = 27
+# A Swarm overlay also hands out addresses of its own (a load balancer endpoint per
+# engine on the network) from the pool's dynamic range: twice the room, and the
+# dynamic range kept to the upper half, clear of the nodes' fixed addresses.
+OVERLAY_PREFIX = 26
 # Interface names are at most 15 bytes: "bkn-" and 11 hex digits of the run id.
 BRIDGE_PREFIX = "bkn-"
 CANARY_HOST = 30  # the canary's host number in the job's /27, after every node
@@ -87,13 +93,23 @@ class NodeNetwork:
     bridge: str = ""
     driver: str = "bridge"
     labels: tuple[tuple[str, str], ...] = ()
+    ip_range: str = ""  # where the engine may pick addresses itself (an overlay's endpoints)
 
     @classmethod
     def for_run(cls, run_id: str, subnet: str, *, owner: str, driver: str = "bridge"
                 ) -> NodeNetwork:
         labels = ((RUN_LABEL, run_id), (OWNER_LABEL, owner))
-        bridge = f"{BRIDGE_PREFIX}{run_id[:11]}" if driver == "bridge" else ""
-        return cls(cls.name_for(run_id), subnet, bridge, driver, labels)
+        if driver == "bridge":
+            return cls(cls.name_for(run_id), subnet, f"{BRIDGE_PREFIX}{run_id[:11]}", driver,
+                       labels)
+        if driver != "overlay":
+            raise ValueError(f"no node network driver {driver!r}")
+        upper = list(ipaddress.IPv4Network(subnet).subnets(prefixlen_diff=1))[1]
+        return cls(cls.name_for(run_id), subnet, "", driver, labels, str(upper))
+
+    @staticmethod
+    def prefix_for(driver: str) -> int:
+        return OVERLAY_PREFIX if driver == "overlay" else NODE_PREFIX
 
     @staticmethod
     def name_for(run_id: str) -> str:
@@ -139,7 +155,9 @@ class NodeNetwork:
             "options": options,
             "labels": dict(self.labels),
             "check_duplicate": True,
-            "ipam": {"Driver": "default", "Config": [{"Subnet": self.subnet}]},
+            "ipam": {"Driver": "default", "Config": [
+                {"Subnet": self.subnet, **({"IPRange": self.ip_range} if self.ip_range else {})},
+            ]},
         }
 
 
@@ -200,9 +218,10 @@ def node_settings(rank: int, nodes: int, network: NodeNetwork | None) -> dict[st
     return settings
 
 
-def pick_subnet(taken: Iterable[str], *, rng: random.Random | None = None) -> str:
-    """A /27 of :data:`NODE_POOL` that overlaps none of ``taken`` (the host's routes and
-    addresses, the engine's networks).  Random, so that two runs starting at once
+def pick_subnet(taken: Iterable[str], *, prefix: int = NODE_PREFIX,
+                rng: random.Random | None = None) -> str:
+    """A subnet of :data:`NODE_POOL` (a /27 by default) that overlaps none of ``taken`` (the
+    host's routes and addresses, the engine's networks).  Random, so that two runs starting at once
     rarely ask for the same one; the engine refuses an overlap, and the caller retries."""
     busy = []
     for text in taken:
@@ -210,12 +229,12 @@ def pick_subnet(taken: Iterable[str], *, rng: random.Random | None = None) -> st
             busy.append(ipaddress.ip_network(text, strict=False))
         except ValueError:
             continue
-    candidates = list(NODE_POOL.subnets(new_prefix=NODE_PREFIX))
+    candidates = list(NODE_POOL.subnets(new_prefix=prefix))
     (rng or random.Random()).shuffle(candidates)
     for net in candidates:
         if not any(net.overlaps(other) for other in busy if other.version == 4):
             return str(net)
-    raise LookupError(f"no free /{NODE_PREFIX} left in {NODE_POOL}")
+    raise LookupError(f"no free /{prefix} left in {NODE_POOL}")
 
 
 def host_routes(route_table: str) -> list[str]:

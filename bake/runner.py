@@ -68,6 +68,9 @@ class RunPlan:
     limits: RunLimits = field(default_factory=RunLimits)
     output: Path | None = None
     key: str = ""
+    # The nodes' network (N > 1): "bridge" on this engine, or "overlay" on an engine
+    # that manages a Docker Swarm (the seam for nodes on several machines).
+    network: str = "bridge"
 
     @property
     def nodes(self) -> int:
@@ -549,15 +552,19 @@ def _create_network(client: Any, plan: RunPlan, run_id: str, owner: str) -> Node
                        f"networks, and they are not in place: {exc.message}",
                        hint="run bake as root: it installs them itself") from exc
     taken = _taken_subnets(client)
+    prefix = NodeNetwork.prefix_for(plan.network)
     for _ in range(8):
-        network = NodeNetwork.for_run(run_id, pick_subnet(taken), owner=owner)
+        network = NodeNetwork.for_run(run_id, pick_subnet(taken, prefix=prefix), owner=owner,
+                                      driver=plan.network)
         try:
             client.api.create_network(**network.create_args())
             return network
         except docker.errors.APIError as exc:
             if "overlap" not in str(exc).lower():
+                hint = ("an overlay network needs an engine that manages a Docker Swarm "
+                        "(docs/multi-node.md)" if plan.network == "overlay" else None)
                 raise RunError(f"cannot create the job's network: "
-                               f"{exc.explanation or exc}") from exc
+                               f"{exc.explanation or exc}", hint=hint) from exc
             taken.append(network.subnet)  # another run took it a moment ago: another one
     raise RunError("cannot find a free address range for the job's network",
                    hint=f"too many networks overlap {network.subnet}'s pool; remove unused ones")

@@ -24,6 +24,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -715,3 +716,68 @@ def test_out_within_its_limit_is_kept_per_node(cluster: dict[str, Any], tmp_path
     assert list((dest / "node-1").iterdir()) == []
     assert "node-1 left more than 8 MiB in /out ([run] output): nothing of it was kept" \
         in proc.stderr
+
+
+def test_the_node_network_can_be_a_swarm_overlay(cluster: dict[str, Any],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The seam for nodes on several machines: the same job on an --internal, attachable
+    overlay of a Docker Swarm (a one-node swarm of a second engine: `swarm init` would
+    change the engine every other test uses).  The nodes exchange data; the host, on
+    every address, does not answer them."""
+    from io import BytesIO
+
+    from bake.runner import image_job, run_job
+    from tests.machines import docker, loaded_from_host, second_engine
+
+    def links() -> str:
+        return subprocess.run(["ip", "-o", "link"], capture_output=True, text=True,
+                              check=True).stdout
+
+    # swarm init makes a docker_gwbridge on the host; the test removes only its own.
+    assert "docker_gwbridge" not in links(), "this host already has a docker_gwbridge"
+    bait = Bait()
+    try:
+        with second_engine(loaded_from_host(cluster["image"]), label="swarm") as sock:
+            bridge = docker("network", "inspect", "bridge", "-f",
+                            '{{index .Options "com.docker.network.bridge.name"}}',
+                            host=sock).stdout.strip()
+            address = subprocess.run(["ip", "-4", "-o", "addr", "show", "dev", bridge],
+                                     capture_output=True, text=True,
+                                     check=True).stdout.split()[3].split("/")[0]
+            docker("swarm", "init", "--advertise-addr", address, "--listen-addr",
+                   f"{address}:2377", host=sock)
+            try:
+                monkeypatch.setenv("DOCKER_HOST", sock)
+                targets = {"tcp": [[a, bait.port] for a in host_addresses()],
+                           "udp": [[a, bait.port] for a in host_addresses()],
+                           "gateway_ports": [bait.port], "dns_servers": host_addresses(),
+                           "names": ["bake-canary.example.com"]}
+                outcomes = {}
+                for what in (("exchange",), ("probe", json.dumps(targets))):
+                    plan = image_job(cluster["image"], args=what).with_nodes(2)
+                    sink = BytesIO()
+                    result = run_job(replace(plan, network="overlay"), stdout=sink, stderr=sink)
+                    text = sink.getvalue().decode()
+                    assert result.exit_code == 0, text[-3000:]
+                    outcomes[what[0]] = results(text)
+                # A swarm removes a network a moment after the API call returns.
+                deadline = time.monotonic() + 30
+                while left := docker("network", "ls", "-q", "--filter", "label=bake.owner",
+                                     host=sock).stdout.split():
+                    assert time.monotonic() < deadline, left
+                    time.sleep(0.5)
+            finally:
+                docker("swarm", "leave", "--force", host=sock, check=False)
+                docker("network", "rm", "docker_gwbridge", host=sock, check=False)
+                if "docker_gwbridge" in links():
+                    subprocess.run(["ip", "link", "del", "docker_gwbridge"], check=False)
+    finally:
+        bait.close()
+    exchanged = outcomes["exchange"]
+    assert sorted(exchanged) == [0, 1]
+    assert exchanged[0]["received"] == {"1": 200000} and exchanged[1]["received"] == {"0": 100000}
+    for rank, facts in outcomes["probe"].items():
+        reached = {k: v for k, v in facts["found"].items()
+                   if not v.startswith("failed") and "127.0.0.11" not in k}
+        assert reached == {}, (rank, reached)
+    assert bait.arrived == [], bait.arrived

@@ -63,10 +63,18 @@ def test_the_network_is_internal_with_no_host_address() -> None:
 
 
 def test_an_overlay_network_is_the_seam_for_many_machines() -> None:
-    net = NodeNetwork.for_run(RUN, "10.250.7.32/27", owner="o", driver="overlay")
+    assert NodeNetwork.prefix_for("overlay") == 26 and NodeNetwork.prefix_for("bridge") == 27
+    net = NodeNetwork.for_run(RUN, "10.250.7.64/26", owner="o", driver="overlay")
     args = net.create_args()
     assert args["driver"] == "overlay" and args["attachable"] is True
     assert args["internal"] is True and args["options"] == {} and net.bridge == ""
+    # The swarm picks its own endpoints' addresses in the upper half; the nodes' fixed
+    # addresses and the canary's stay below it.
+    assert args["ipam"]["Config"] == [{"Subnet": "10.250.7.64/26", "IPRange": "10.250.7.96/27"}]
+    fixed = [net.node_address(r) for r in range(MAX_NODES)] + [net.address(net.canary_host)]
+    assert all(ipaddress.IPv4Address(a) < ipaddress.IPv4Address("10.250.7.96") for a in fixed)
+    with pytest.raises(ValueError):
+        NodeNetwork.for_run(RUN, "10.250.7.64/26", owner="o", driver="macvlan")
 
 
 def test_addresses_fit_the_subnet_for_every_node_and_the_canary() -> None:
