@@ -280,6 +280,12 @@ def run_job(
     started = time.monotonic()
     try:
         if plan.output is not None:
+            try:
+                plan.output.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise RunError(f"cannot use {plan.output} for the job's output: "
+                               f"{exc.strerror or exc}",
+                               hint="pass --output a folder bake can create or write") from exc
             for _ in range(n):
                 boxes.append(open_outbox(plan.limits.output, user, me.label()))
         if n > 1:
@@ -399,8 +405,11 @@ def _wait_all(client: Any, names: Sequence[str], timeout: int
         except (docker.errors.APIError, requests.exceptions.RequestException):
             exits.put((rank, None))
 
-    for rank in range(len(names)):
+    def watch(rank: int) -> None:
         threading.Thread(target=wait, args=(rank,), daemon=True).start()
+
+    for rank in range(len(names)):
+        watch(rank)
     deadline = time.monotonic() + timeout
     codes: dict[int, int] = {}
     first_failed: int | None = None
@@ -424,7 +433,15 @@ def _wait_all(client: Any, names: Sequence[str], timeout: int
                 break  # the engine did not report the killed nodes: inspect says the rest
             continue
         if code is None:
-            continue  # the wait itself failed; inspect gives the code after
+            # The wait itself failed (a dropped connection): ask the engine, wait again.
+            try:
+                state = client.api.inspect_container(names[rank])["State"]
+            except (docker.errors.APIError, requests.exceptions.RequestException):
+                continue  # gone: the timeout or the others decide
+            if state.get("Running"):
+                watch(rank)
+                continue
+            code = int(state.get("ExitCode") or 0)
         codes[rank] = code
         if code != 0 and first_failed is None and not timed_out and rank not in stopped:
             first_failed = rank

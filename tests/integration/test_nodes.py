@@ -540,12 +540,14 @@ def test_the_jobs_timeout_stops_every_node(cluster: dict[str, Any]) -> None:
     assert leftovers(f"bake.job={cluster['key']}") == ([], [])
 
 
-def start(cluster: dict[str, Any], *args: str, nodes: int = 2) -> subprocess.Popen[str]:
+def start(cluster: dict[str, Any], *args: str, nodes: int = 2,
+          extra: tuple[str, ...] = ()) -> subprocess.Popen[str]:
     """A bake run in the background, returned once every node has said it is sleeping."""
     host: Host = cluster["host"]
     proc = subprocess.Popen([sys.executable, "-m", "bake", "--config", str(host.config), "run",
-                             str(cluster["job"] / "bake.toml"), "--nodes", str(nodes), "--",
-                             *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             str(cluster["job"] / "bake.toml"), "--nodes", str(nodes), *extra,
+                             "--", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
     assert proc.stdout is not None
     seen = 0
     while seen < nodes:
@@ -590,18 +592,28 @@ def test_a_signal_leaves_no_container_and_no_network(cluster: dict[str, Any],
     assert owned_by(proc.pid) == ([], [])
 
 
+def mounted_runs() -> list[str]:
+    from bake.settings import state_dir
+
+    runs = str(state_dir() / "runs")
+    with open("/proc/self/mountinfo") as fh:
+        return [line.split()[4] for line in fh if line.split()[4].startswith(runs)]
+
+
 def test_a_killed_bake_is_swept_by_the_next_run_but_a_live_one_is_not(
-        cluster: dict[str, Any]) -> None:
+        cluster: dict[str, Any], tmp_path: Path) -> None:
     alive = start(cluster, "sleep")
-    killed = start(cluster, "sleep", nodes=3)
+    killed = start(cluster, "sleep", nodes=3, extra=("--output", str(tmp_path / "out")))
     try:
         killed.kill()  # SIGKILL: no finally clause runs
         killed.communicate(timeout=30)
         left = owned_by(killed.pid)
         assert len(left[0]) == 3 and len(left[1]) == 1  # what the sweep is for
+        assert len(mounted_runs()) == 3  # and each node's /out, still mounted
         proc, _ = run(cluster, "exit", "0", spec="one.toml")
         assert proc.returncode == 0, proc.stderr
         assert owned_by(killed.pid) == ([], [])
+        assert mounted_runs() == []
         still = owned_by(alive.pid)
         assert len(still[0]) == 2 and len(still[1]) == 1  # never a live bake's
         for ident in still[0]:
@@ -781,3 +793,12 @@ def test_the_node_network_can_be_a_swarm_overlay(cluster: dict[str, Any],
                    if not v.startswith("failed") and "127.0.0.11" not in k}
         assert reached == {}, (rank, reached)
     assert bait.arrived == [], bait.arrived
+
+
+def test_an_output_folder_bake_cannot_make_fails_before_the_job_starts(
+        cluster: dict[str, Any], tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    proc, found = run(cluster, "exit", "0", spec="one.toml",
+                      extra=("--output", str(tmp_path / "file" / "out")))
+    assert proc.returncode == 125 and found == {}
+    assert "cannot use" in proc.stderr and "Traceback" not in proc.stderr

@@ -271,3 +271,30 @@ def test_node_rules_drop_and_never_reject() -> None:
     assert accepts == [["-i", "bkn-+", "-o", "bkn-+", "-m", "physdev", "--physdev-is-bridged",
                         "-j", "ACCEPT"]]
     assert rules["BAKE-NODES-IN"] == [["-i", "bkn-+", "-j", "DROP"]]
+
+
+class _Dropped(_Nodes):
+    """Node 1's first wait loses its connection; the engine then says it runs or ended."""
+
+    def __init__(self, running: bool) -> None:
+        super().__init__([0, 4], [0.05, 0.1])
+        self.running, self.dropped = running, False
+
+    def wait(self, name: str, timeout: float) -> dict[str, Any]:
+        if name == "n1" and not self.dropped:
+            import requests.exceptions
+
+            self.dropped = True
+            raise requests.exceptions.ConnectionError("dropped")
+        return super().wait(name, timeout)
+
+    def inspect_container(self, name: str) -> dict[str, Any]:
+        return {"State": {"Running": self.running, "ExitCode": 4}}
+
+
+@pytest.mark.parametrize("running", [True, False], ids=["still-running", "ended"])
+def test_a_dropped_wait_asks_the_engine_instead_of_waiting_for_the_timeout(running: bool) -> None:
+    started = time.monotonic()
+    codes, first, _, timed_out = _wait_all(_Dropped(running), ["n0", "n1"], timeout=60)
+    assert time.monotonic() - started < 5 and not timed_out
+    assert codes[1] == 4 and first == 1
