@@ -4,13 +4,14 @@ Plan, then execute: :func:`spec_job` / :func:`image_job` build a frozen
 :class:`RunPlan`; :func:`container_config` turns it into the Engine's container
 settings (pure, unit-tested); :func:`run_job` is the only part that runs.
 Nothing from the seller's environment reaches the job: its environment is the
-image's plus the spec's ``[job].env``, and docker-py's habit of copying the
-client's proxy settings into containers is switched off.
+image's plus the spec's ``[job].env`` (the Engine API adds nothing of the
+client's, unlike the docker CLI and SDK, which copy their proxy settings in).
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -22,13 +23,14 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
-from .errors import RunError
+from .engine import Engine
+from .errors import EngineError, RunError, SetupError
+from .job import ResolvedJob
+from .settings import state_dir
 from .spec import JobSpec, RunLimits
-
-if TYPE_CHECKING:
-    from .resolve import ResolvedJob
+from .units import format_size
 
 __all__ = ["RunPlan", "RunResult", "container_config", "image_job", "run_job", "spec_job"]
 
@@ -63,7 +65,7 @@ class RunResult:
             return "timed out"
         if self.oom_killed:
             return (f"was killed for using more than its memory limit "
-                    f"({_human(self.memory_limit)}; raise [run] memory in bake.toml if it "
+                    f"({format_size(self.memory_limit)}; raise [run] memory in bake.toml if it "
                     "needs more)")
         return f"exited {self.exit_code}"
 
@@ -74,11 +76,10 @@ def spec_job(image: str, spec: JobSpec, *, args: Sequence[str] = (),
                    image.rpartition(":")[2])
 
 
-def image_job(image: str, *, args: Sequence[str] = (), output: Path | None = None) -> RunPlan:
+def image_job(engine: Engine, image: str, *, args: Sequence[str] = (),
+              output: Path | None = None) -> RunPlan:
     """A plan from an image's own labels (``bake run IMAGE``)."""
-    from .cache.engine import inspect_image
-
-    info = inspect_image(image)
+    info = engine.inspect_image(image)
     if info is None:
         raise RunError(f"no image {image!r} on this engine and no job spec at that path",
                        hint="pass a bake.toml, its folder, or a baked image (bake images)")
@@ -95,49 +96,49 @@ def image_job(image: str, *, args: Sequence[str] = (), output: Path | None = Non
 
 
 def container_config(plan: RunPlan, *, user: str, out_dir: str | None) -> dict[str, Any]:
-    """The Engine's settings for the job's container.  Pure."""
+    """The Engine API's settings for the job's container (``POST /containers/create``).  Pure."""
     limits = plan.limits
-    config: dict[str, Any] = {
-        "image": plan.image,
-        "command": list(plan.command),
-        "environment": dict(plan.env),
-        "network_mode": "none",
-        "cap_drop": ["ALL"],
-        "security_opt": ["no-new-privileges"],
-        "read_only": True,
+    host: dict[str, Any] = {
+        "NetworkMode": "none",
+        "CapDrop": ["ALL"],
+        "SecurityOpt": ["no-new-privileges"],
+        "ReadonlyRootfs": True,
         # exec: JIT compilers (torch inductor, numba, triton) load what they build
         # in /tmp; without a network that is no wider a door than python itself.
-        "tmpfs": {"/tmp": f"rw,exec,nosuid,nodev,size={limits.tmp}"},
+        "Tmpfs": {"/tmp": f"rw,exec,nosuid,nodev,size={limits.tmp}"},
         # The job's output is kept by the engine until bake removes the container;
         # cap it so that a chatty job cannot fill the host's disk.
-        "log_config": {"type": "json-file", "config": {"max-size": "64m", "max-file": "1"}},
-        "pids_limit": limits.pids,
-        "mem_limit": limits.memory,
-        "memswap_limit": limits.memory,  # no swap beyond the memory limit
-        "nano_cpus": int(limits.cpus * 1e9),
-        "shm_size": limits.shm,
-        "ipc_mode": "private",
+        "LogConfig": {"Type": "json-file", "Config": {"max-size": "64m", "max-file": "1"}},
+        "PidsLimit": limits.pids,
+        "Memory": limits.memory,
+        "MemorySwap": limits.memory,  # no swap beyond the memory limit
+        "NanoCpus": int(limits.cpus * 1e9),
+        "ShmSize": limits.shm,
+        "IpcMode": "private",
         # Engine 20.10 on cgroup v1 defaults to the host's cgroup namespace, which shows
         # the job the host's cgroup paths (other containers' ids); a private one does not.
-        "cgroupns": "private",
-        "user": user,
-        "labels": {"bake.job": plan.key or "unknown"},
-        "detach": True,
-        "stdin_open": False,
-        "tty": False,
-        # docker-py copies ~/.docker/config.json proxies into the container's env by default.
-        "use_config_proxy": False,
-        "volumes": {out_dir: {"bind": "/out", "mode": "rw"}} if out_dir else {},
+        "CgroupnsMode": "private",
+        "Binds": [f"{out_dir}:/out:rw"] if out_dir else [],
     }
     if limits.gpus:
-        from docker.types import DeviceRequest
-
         if limits.gpus == "all":
-            config["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
+            host["DeviceRequests"] = [{"Driver": "", "Count": -1, "DeviceIDs": None,
+                                       "Capabilities": [["gpu"]], "Options": {}}]
         else:
             ids = limits.gpus.removeprefix("device=").split(",")
-            config["device_requests"] = [DeviceRequest(device_ids=ids, capabilities=[["gpu"]])]
-    return config
+            host["DeviceRequests"] = [{"Driver": "", "Count": 0, "DeviceIDs": ids,
+                                       "Capabilities": [["gpu"]], "Options": {}}]
+    return {
+        "Image": plan.image,
+        "Cmd": list(plan.command),
+        "Env": [f"{k}={v}" for k, v in plan.env],
+        "User": user,
+        "Labels": {"bake.job": plan.key or "unknown"},
+        "AttachStdin": False,
+        "OpenStdin": False,
+        "Tty": False,
+        "HostConfig": host,
+    }
 
 
 def job_user(image_user: str) -> str:
@@ -156,6 +157,7 @@ def job_user(image_user: str) -> str:
 
 
 def run_job(
+    engine: Engine,
     plan: RunPlan,
     *,
     stream: bool = True,
@@ -163,53 +165,45 @@ def run_job(
     stderr: IO[bytes] | None = None,
 ) -> RunResult:
     """Run the planned job to its end; always removes the container."""
-    import docker.errors
-    import requests.exceptions
-
-    from .cache.store import docker_client
-
-    client = docker_client()
-    try:
-        info = client.api.inspect_image(plan.image)
-    except docker.errors.ImageNotFound:
-        raise RunError(f"image {plan.image} is not on this engine") from None
+    info = engine.inspect_image(plan.image)
+    if info is None:
+        raise RunError(f"image {plan.image} is not on this engine")
     user = job_user((info.get("Config") or {}).get("User", ""))
     staging = _staging(user) if plan.output is not None else None
     started = time.monotonic()
-    container = None
+    created = False
     # A name of bake's own: a Ctrl-C that lands while the Engine is creating the
-    # container (before create() returns its id) must not leave it behind.
+    # container (before create returns its id) must not leave it behind.
     name = f"bake-job-{uuid.uuid4().hex[:16]}"
     out_stream = stdout if stdout is not None else _stdbuffer("stdout")
     err_stream = stderr if stderr is not None else _stdbuffer("stderr")
     try:
         try:
-            container = client.containers.create(
-                name=name,
-                **container_config(plan, user=user, out_dir=str(staging) if staging else None),
-            )
-            container.start()
-        except docker.errors.APIError as exc:
-            raise RunError(f"cannot start the job's container: {exc.explanation or exc}") from exc
+            config = container_config(plan, user=user,
+                                      out_dir=str(staging) if staging else None)
+            engine.create_container(name, config)
+            created = True
+            engine.start_container(name)
+        except EngineError as exc:
+            raise RunError(f"cannot start the job's container: {exc.message}") from exc
         pumps = []
         if stream:
-            for which, sink in (("stdout", out_stream), ("stderr", err_stream)):
-                t = threading.Thread(target=_pump, args=(container, which, sink), daemon=True)
+            for which, sink in ((1, out_stream), (2, err_stream)):
+                t = threading.Thread(target=_pump, args=(engine, name, which, sink),
+                                     daemon=True)
                 t.start()
                 pumps.append(t)
         timed_out = False
         try:
-            status = container.wait(timeout=plan.limits.timeout)
-            code = int(status.get("StatusCode", 1))
-        except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+            code = engine.wait_container(name, timeout=plan.limits.timeout)
+        except TimeoutError:
             timed_out = True
-            with contextlib.suppress(docker.errors.APIError):
-                container.kill()
+            with contextlib.suppress(EngineError):
+                engine.kill_container(name)
             code = EXIT_TIMEOUT
         for t in pumps:
             t.join(timeout=10)
-        state = client.api.inspect_container(container.id)["State"]
-        oom = bool(state.get("OOMKilled"))
+        state = engine.inspect_container(name)
         skipped: tuple[str, ...] = ()
         if staging is not None and plan.output is not None:
             skipped = collect_output(staging, plan.output)
@@ -217,33 +211,29 @@ def run_job(
             image=plan.image,
             exit_code=code,
             timed_out=timed_out,
-            oom_killed=oom,
+            oom_killed=bool(state and state.oom_killed),
             duration_s=round(time.monotonic() - started, 3),
             output=str(plan.output) if plan.output else None,
             skipped_outputs=skipped,
             memory_limit=plan.limits.memory,
         )
     finally:
-        _remove(client, name, maybe_in_flight=container is None)
+        _remove(engine, name, maybe_in_flight=not created)
         if staging is not None:
             shutil.rmtree(staging.parent, ignore_errors=True)
 
 
-def _remove(client: Any, name: str, *, maybe_in_flight: bool) -> None:
-    """Remove the job's container by name; when create() never returned, the Engine may
+def _remove(engine: Engine, name: str, *, maybe_in_flight: bool) -> None:
+    """Remove the job's container by name; when create never returned, the Engine may
     still be making it, so look again for a moment before giving up."""
-    import docker.errors
-    import requests.exceptions
-
     for attempt in range(10 if maybe_in_flight else 1):
         try:
-            client.api.remove_container(name, force=True)
+            if engine.remove_container(name):
+                return
+        except EngineError:
             return
-        except docker.errors.NotFound:
-            if maybe_in_flight and attempt < 9:
-                time.sleep(0.1)
-        except (docker.errors.APIError, requests.exceptions.RequestException):
-            return
+        if maybe_in_flight and attempt < 9:
+            time.sleep(0.1)
 
 
 def _stdbuffer(name: str) -> IO[bytes]:
@@ -253,20 +243,17 @@ def _stdbuffer(name: str) -> IO[bytes]:
     return stream
 
 
-def _pump(container: Any, which: str, sink: IO[bytes]) -> None:
+def _pump(engine: Engine, name: str, which: int, sink: IO[bytes]) -> None:
     try:
-        for chunk in container.logs(stream=True, follow=True, stdout=which == "stdout",
-                                    stderr=which == "stderr"):
+        for _, chunk in engine.logs(name, stdout=which == 1, stderr=which == 2, follow=True):
             sink.write(chunk)
             sink.flush()
-    except Exception:  # noqa: BLE001 - the container may vanish under us; output is best effort
+    except (EngineError, OSError):  # the container may vanish under us; output is best effort
         return
 
 
 def _staging(user: str) -> Path:
     """A fresh folder for /out, owned by the job's user, outside any folder the caller named."""
-    from .settings import state_dir
-
     root = state_dir() / "runs"
     root.mkdir(parents=True, exist_ok=True)
     holder = Path(tempfile.mkdtemp(prefix="run-", dir=root))
@@ -354,19 +341,15 @@ def self_check_plan(image_id: str, job: ResolvedJob) -> RunPlan:
     )
 
 
-def self_check(image_id: str, job: ResolvedJob) -> str:
+def self_check(engine: Engine, image_id: str, job: ResolvedJob) -> str:
     """Check, offline, that every declared model and dataset file loads from the image.
 
     Returns the check's report (one line per repo); raises SetupError when it fails.
     """
-    from io import BytesIO
-
-    sink = BytesIO()
-    result = run_job(self_check_plan(image_id, job), stdout=sink, stderr=sink)
+    sink = io.BytesIO()
+    result = run_job(engine, self_check_plan(image_id, job), stdout=sink, stderr=sink)
     lines = sink.getvalue().decode("utf-8", "replace").strip().splitlines()
     if result.exit_code != 0:
-        from .errors import SetupError
-
         tail = lines[-5:]
         raise SetupError(
             "the offline self-check of the baked models and datasets failed: "
@@ -374,12 +357,3 @@ def self_check(image_id: str, job: ResolvedJob) -> str:
             hint="check the repo's include patterns and that the files load",
         )
     return "\n".join(line.removeprefix("bake-fetch: ") for line in lines)
-
-
-def _human(size: int) -> str:
-    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if size >= 1 << shift:
-            return f"{size / (1 << shift):g} {unit}"
-    return f"{size} B"
-
-

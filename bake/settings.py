@@ -9,6 +9,13 @@ The file is the first of ``--config FILE``, ``$BAKE_CONFIG``,
 ``/etc/bake/config.toml`` that exists.  Unknown sections and keys are errors with
 a close-match suggestion.  List values in the environment are comma-separated.
 
+The settings also own every other decision that depends on the host: the
+egress settings are validated into an :class:`~bake.egress.policy.EgressPolicy`
+when they load (a bad allowlist is exit 2 for every command), and the seller's
+environment variables bake reads (``HF_TOKEN``, ``HF_ENDPOINT``, ``DOCKER_HOST``
+with ``DOCKER_TLS_VERIFY``/``DOCKER_CERT_PATH``, ``DOCKER_CONFIG``) are read once,
+here, into :class:`HostEnv`, each with its source for ``bake doctor``.
+
 Buyers never reach these: the spec cannot widen egress, name mirrors, CAs,
 bases or templates.
 """
@@ -21,14 +28,19 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from .egress.policy import EgressPolicy
 from .errors import ConfigError
+from .reference import parse_image_ref
+from .units import parse_duration, parse_size
 
 __all__ = [
     "BuildSettings",
     "EgressSettings",
+    "HostEnv",
     "RegistrySettings",
     "Settings",
     "config_path",
@@ -63,6 +75,9 @@ class BuildSettings:
     docker_cli: str = ""
     bases: tuple[str, ...] = ("python:*", "pytorch/pytorch:*")
     templates: tuple[str, ...] = ()
+    resolve_ttl: float = 86400.0  # seconds ("1d" in the file)
+    stacks: str = "variants"
+    max_context: int = 1 << 30  # bytes ("1g" in the file)
 
 
 @dataclass(frozen=True)
@@ -72,16 +87,88 @@ class RegistrySettings:
 
 
 @dataclass(frozen=True)
+class HostEnv:
+    """The seller's environment variables that bake reads, read once (``load_settings``).
+
+    ``sources`` says, per field, which variable gave it ("env HF_TOKEN") or "unset".
+    """
+
+    hf_token: str = field(default="", repr=False)  # never in a repr, a log or a message
+    hf_endpoint: str = ""
+    docker_host: str = ""
+    docker_tls_verify: bool = False
+    docker_cert_path: str = ""
+    docker_config: str = ""  # the folder of config.json (registry credentials)
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def read(cls, env: Mapping[str, str]) -> HostEnv:
+        values: dict[str, Any] = {}
+        sources: dict[str, str] = {}
+        for name, variables in _HOST_VARIABLES.items():
+            for variable in variables:
+                if env.get(variable):
+                    values[name] = env[variable]
+                    sources[name] = f"env {variable}"
+                    break
+            else:
+                sources[name] = "unset"
+        values["docker_tls_verify"] = bool(values.get("docker_tls_verify"))
+        return cls(**values, sources=sources)
+
+    @property
+    def docker_config_dir(self) -> Path:
+        return Path(self.docker_config) if self.docker_config else Path.home() / ".docker"
+
+
+# HostEnv field -> the variables that set it, first wins (huggingface_hub's own order).
+_HOST_VARIABLES = {
+    "hf_token": ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"),
+    "hf_endpoint": ("HF_ENDPOINT",),
+    "docker_host": ("DOCKER_HOST",),
+    "docker_tls_verify": ("DOCKER_TLS_VERIFY",),
+    "docker_cert_path": ("DOCKER_CERT_PATH",),
+    "docker_config": ("DOCKER_CONFIG",),
+}
+
+
+@dataclass(frozen=True)
 class Settings:
     egress: EgressSettings = EgressSettings()
     build: BuildSettings = BuildSettings()
     registry: RegistrySettings = RegistrySettings()
+    env: HostEnv = HostEnv()
     # "egress.allow" -> "default" | "/etc/bake/config.toml" | "env BAKE_EGRESS_ALLOW" | "flag"
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
     file: Path | None = None
 
     def source(self, name: str) -> str:
         return self.sources.get(name, "default")
+
+    @cached_property
+    def egress_policy(self) -> EgressPolicy:
+        """The ``[egress]`` settings, validated (ConfigError naming the entry if not).
+
+        Without the proxy's own addresses: the pipeline adds those where it
+        starts the proxy (:meth:`EgressPolicy.with_own_addresses`).
+        """
+        try:
+            return EgressPolicy.from_settings(self.egress.allow, self.egress.allow_http,
+                                              self.egress.allow_cidrs)
+        except ConfigError as exc:
+            name = exc.field or "egress"
+            raise ConfigError(exc.detail, field=name, source=self.source(name),
+                              hint=exc.hint) from None
+
+    @property
+    def no_network(self) -> bool:
+        """Nothing is allowed: setup steps run with ``--network=none``."""
+        return not self.egress.allow and not self.egress.allow_http
+
+    @property
+    def hub_endpoint(self) -> str | None:
+        """The Hub the fetches use: ``build.hf_endpoint``, else ``$HF_ENDPOINT``, else the Hub."""
+        return self.build.hf_endpoint or self.env.hf_endpoint or None
 
     def base_allowed(self, ref: str) -> bool:
         return any(fnmatchcase(ref, pattern) for pattern in self.build.bases)
@@ -97,6 +184,10 @@ _SECTIONS: dict[str, type[Any]] = {
     "registry": RegistrySettings,
 }
 _ENFORCE = ("require", "warn")
+_STACKS = ("variants", "images", "none")
+# Settings written as a size or a duration (units.py), stored as bytes or seconds.
+_SIZES = frozenset({"build.max_context"})
+_DURATIONS = frozenset({"build.resolve_ttl"})
 
 
 def config_path(explicit: str | os.PathLike[str] | None = None) -> tuple[Path | None, str]:
@@ -167,6 +258,7 @@ def load_settings(
         egress=EgressSettings(**values["egress"]),
         build=BuildSettings(**values["build"]),
         registry=RegistrySettings(**values["registry"]),
+        env=HostEnv.read(env),
         sources=sources,
         file=path,
     )
@@ -214,6 +306,12 @@ def _coerce(
     cls: type[Any], key: str, value: Any, name: str, source: str, *, text: bool = False
 ) -> Any:
     default = cls.__dataclass_fields__[key].default
+    if name in _SIZES or name in _DURATIONS:
+        parse = parse_size if name in _SIZES else parse_duration
+        try:
+            return parse(value.strip() if text and isinstance(value, str) else value)
+        except ValueError as exc:
+            raise ConfigError(str(exc), field=name, source=source) from None
     if isinstance(default, bool):
         if text and isinstance(value, str):
             lowered = value.strip().lower()
@@ -272,10 +370,14 @@ def _check(settings: Settings) -> None:
                 raise ConfigError(
                     f"template folder {folder} does not exist", field=name, source=src(name)
                 )
+    if settings.build.stacks not in _STACKS:
+        raise ConfigError(
+            f"must be one of {', '.join(map(repr, _STACKS))}, not {settings.build.stacks!r}",
+            field="build.stacks", source=src("build.stacks"),
+        )
+    settings.egress_policy  # noqa: B018 - validates the allowlist now, for every command
     repo = settings.registry.repository
     if repo:
-        from .reference import parse_image_ref
-
         try:
             ref = parse_image_ref(repo)
         except ValueError as exc:

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from .errors import SpecError
 from .reference import parse_image_ref
+from .units import format_size, parse_duration, parse_size
 
 __all__ = [
     "HubRepo",
@@ -42,17 +43,12 @@ MAX_REQUIREMENTS = 1000
 # docker CLI, and Linux refuses any single argument over 128 KiB (MAX_ARG_STRLEN) with
 # E2BIG: past this budget a valid-looking spec would fail as an Engine error.
 MAX_MANIFEST_TEXT = 64 << 10
-# Longer size or duration strings are not sizes: they would only overflow float() or
-# trip Python's int() digit limit (a traceback instead of exit 2).
-_MAX_NUMBER_TEXT = 32
 
 _WORD = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}", re.ASCII)
 _REPO_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
 _REPO_ID = re.compile(rf"{_REPO_PART}(?:/{_REPO_PART})?", re.ASCII)
 _REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,199}", re.ASCII)
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}", re.ASCII)
-_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?", re.ASCII | re.IGNORECASE)
-_DURATION = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s?)?", re.ASCII)
 _GPUS = re.compile(r"|all|device=\d+(?:,\d+)*", re.ASCII)
 _PATTERN = re.compile(r"[^\x00-\x1f\x7f]{1,256}")
 # PEP 508's name: starts and ends with a letter or digit.
@@ -60,7 +56,6 @@ _SIMPLE_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?", re.ASCI
 _SIMPLE_PIN = re.compile(
     r"([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)[ \t]*==[ \t]*([0-9]+(?:\.[0-9]+)*)", re.ASCII
 )
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
 @dataclass(frozen=True)
@@ -505,30 +500,22 @@ def _text(value: Any, field_name: str, *, limit: int = MAX_TEXT, allow_empty: bo
 
 
 def _size(value: Any, field_name: str, *, minimum: int) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        number = value
-    elif (isinstance(value, str) and len(value) <= _MAX_NUMBER_TEXT
-            and (match := _SIZE.fullmatch(value.strip()))):
-        number = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
-    else:
-        raise SpecError(f"must be a size such as \"512m\" or \"8g\", not {_show(value)}",
-                        field=field_name)
-    if not minimum <= number <= 1 << 50:
-        raise SpecError(f"must be at least {minimum >> 20} MiB", field=field_name)
+    try:
+        number = parse_size(value)
+    except ValueError as exc:
+        raise SpecError(str(exc), field=field_name) from None
+    if number < minimum:
+        raise SpecError(f"must be at least {format_size(minimum)}", field=field_name)
+    if number > 1 << 50:
+        raise SpecError(f"must be at most {format_size(1 << 50)}", field=field_name)
     return number
 
 
 def _duration(value: Any, field_name: str) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        seconds = value
-    elif (isinstance(value, str) and value and len(value) <= _MAX_NUMBER_TEXT
-            and (match := _DURATION.fullmatch(value.strip()))):
-        h, m, s = (int(g) if g else 0 for g in match.groups())
-        seconds = h * 3600 + m * 60 + s
-    else:
-        raise SpecError(f"must be a duration such as \"90s\", \"30m\" or \"2h\", not "
-                        f"{_show(value)}",
-                        field=field_name)
+    try:
+        seconds = int(parse_duration(value))
+    except ValueError as exc:
+        raise SpecError(str(exc), field=field_name) from None
     if not 1 <= seconds <= 7 * 24 * 3600:
         raise SpecError("must be between 1 second and 7 days", field=field_name)
     return seconds

@@ -17,22 +17,22 @@ Build steps cannot join a custom network with the engine's built-in BuildKit
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import socket
-import subprocess
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from .. import proc
+from ..engine import Engine
 from ..errors import BakeError, EgressError, EngineError, UsageError
-
-if TYPE_CHECKING:
-    from ..settings import Settings
-    from .policy import EgressPolicy
-    from .proxy import ProxyLimits, RunningProxy
+from ..settings import state_dir
+from .policy import EgressPolicy
+from .proxy import ProxyLimits, RunningProxy, start_proxy
 
 __all__ = ["PROXY_PORTS", "Proof", "lock", "prove", "start_build_proxy", "status", "unlock"]
 
@@ -54,17 +54,6 @@ class Proof:
         return {"enforced": self.enforced, "detail": self.detail, "checks": self.checks}
 
 
-def _bridge_name() -> str:
-    from ..cache.engine import _get
-
-    status_code, data = _get("/networks/bridge")
-    if status_code == 200 and isinstance(data, dict):
-        name = (data.get("Options") or {}).get("com.docker.network.bridge.name")
-        if name:
-            return str(name)
-    return "docker0"
-
-
 def _tables() -> list[str]:
     found = [t for t in ("iptables", "ip6tables") if shutil.which(t)]
     if "iptables" not in found:
@@ -73,14 +62,17 @@ def _tables() -> list[str]:
     return found
 
 
-def _ipt(table: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([table, "-w", *args], capture_output=True, text=True, check=False)
-    if check and proc.returncode != 0:
-        message = (proc.stderr or proc.stdout).strip().splitlines()
-        reason = message[-1] if message else f"exit {proc.returncode}"
+def _ipt(table: str, *args: str, check: bool = True) -> proc.Completed:
+    try:
+        answer = proc.run([table, "-w", *args])
+    except OSError as exc:
+        raise BakeError(f"cannot run {table}: {exc.strerror or exc}",
+                        hint="install iptables and run as root") from exc
+    if check and not answer.ok:
+        reason = answer.last_line()
         hint = "run as root" if "ermission" in reason else None
         raise BakeError(f"{table} {' '.join(args)} failed: {reason}", hint=hint)
-    return proc
+    return answer
 
 
 def _rules(bridge: str, table: str) -> dict[str, list[list[str]]]:
@@ -105,8 +97,8 @@ def _rules(bridge: str, table: str) -> dict[str, list[list[str]]]:
 _PARENT = {CHAIN_IN: "INPUT", CHAIN_FWD: "DOCKER-USER"}
 
 
-def lock() -> str:
-    bridge = _bridge_name()
+def lock(engine: Engine) -> str:
+    bridge = engine.bridge_name()
     for table in _tables():
         for chain, rules in _rules(bridge, table).items():
             parent = _PARENT[chain]
@@ -139,14 +131,14 @@ def unlock() -> str:
     return "unlocked: bake's egress rules removed" if removed else "was not locked"
 
 
-def locked_rules_present() -> bool:
-    bridge = _bridge_name()
+def locked_rules_present(engine: Engine) -> bool:
     try:
+        bridge = engine.bridge_name()
         for chain, rules in _rules(bridge, "iptables").items():
-            if _ipt("iptables", "-C", _PARENT[chain], "-j", chain, check=False).returncode:
+            if not _ipt("iptables", "-C", _PARENT[chain], "-j", chain, check=False).ok:
                 return False
             for rule in rules:
-                if _ipt("iptables", "-C", chain, *rule, check=False).returncode:
+                if not _ipt("iptables", "-C", chain, *rule, check=False).ok:
                     return False
     except (BakeError, OSError):
         return False
@@ -156,8 +148,6 @@ def locked_rules_present() -> bool:
 def start_build_proxy(policy: EgressPolicy, gateway: str, *, log_path: Path | None,
                       limits: ProxyLimits) -> RunningProxy:
     """Start a proxy on the bridge gateway, on the first free port of :data:`PROXY_PORTS`."""
-    from .proxy import start_proxy
-
     last: Exception | None = None
     for port in PROXY_PORTS:
         try:
@@ -191,14 +181,12 @@ print(json.dumps({{"direct": attempt(direct),
 """
 
 
-def _remove_canary(name: str, *, maybe_in_flight: bool) -> None:
+def _remove_canary(engine: Engine, name: str, *, maybe_in_flight: bool) -> None:
     """Remove the canary by name.  When create() never returned (a signal cut it short),
     the Engine may still be creating it: look again for a moment before giving up."""
-    from ..cache.engine import remove_container
-
     for attempt in range(10 if maybe_in_flight else 1):
         try:
-            if remove_container(name):
+            if engine.remove_container(name):
                 return
         except EngineError:
             return
@@ -206,11 +194,9 @@ def _remove_canary(name: str, *, maybe_in_flight: bool) -> None:
             time.sleep(0.1)
 
 
-def prove(image: str, proxy: RunningProxy) -> Proof:
+def prove(engine: Engine, image: str, proxy: RunningProxy) -> Proof:
     """Run the canary in a container on the bridge, next to a live proxy."""
-    from ..cache.engine import container_output, create_container, start_container, wait_container
-
-    rules = locked_rules_present()
+    rules = locked_rules_present(engine)
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         listener.bind((proxy.host, 0))
@@ -222,7 +208,7 @@ def prove(image: str, proxy: RunningProxy) -> Proof:
         name = f"bake-canary-{uuid.uuid4().hex[:16]}"
         created = False
         try:
-            ident = create_container(name, {
+            ident = engine.create_container(name, {
                 "Image": image,
                 "Cmd": ["python3", "-c", _CANARY, proxy.host, str(direct_port),
                         str(proxy.port)],
@@ -232,19 +218,19 @@ def prove(image: str, proxy: RunningProxy) -> Proof:
                                "SecurityOpt": ["no-new-privileges"]},
             })
             created = True
-            start_container(ident)
+            engine.start_container(ident)
             try:
-                code = wait_container(ident, timeout=60)
+                code = engine.wait_container(ident, timeout=60)
             except TimeoutError:
                 return Proof(False, f"the canary in {image} did not finish within 60 s")
-            output = container_output(ident)
+            output = engine.container_output(ident)
             if code != 0:
                 return Proof(False, f"the canary failed to run in {image}: exit {code}")
         except EngineError as exc:
             raise EngineError(f"cannot run the egress canary in {image}: {exc.message}",
                               hint=exc.hint) from exc
         finally:
-            _remove_canary(name, maybe_in_flight=not created)
+            _remove_canary(engine, name, maybe_in_flight=not created)
     finally:
         listener.close()
     try:
@@ -270,22 +256,23 @@ def prove(image: str, proxy: RunningProxy) -> Proof:
 PROOF_TTL = 600.0  # seconds a canary's proof stands while the firewall is unchanged
 
 
-def _firewall_fingerprint(gateway: str) -> str | None:
+def _firewall_fingerprint(engine: Engine, gateway: str) -> str | None:
     """A digest of every rule that decides what the bridge can reach (None: unreadable)."""
-    import hashlib
-
-    digest = hashlib.sha256(f"{_bridge_name()} {gateway} {PROXY_PORTS}".encode())
+    digest = hashlib.sha256(f"{engine.bridge_name()} {gateway} {PROXY_PORTS}".encode())
     for table in ("iptables", "ip6tables"):
         if not shutil.which(table):
             continue
-        proc = subprocess.run([table, "-w", "-S"], capture_output=True, check=False)
-        if proc.returncode != 0:
+        try:
+            rules = _ipt(table, "-S", check=False)
+        except BakeError:
             return None
-        digest.update(proc.stdout)
+        if not rules.ok:
+            return None
+        digest.update(rules.stdout.encode())
     return digest.hexdigest()
 
 
-def prove_recent(image: str, gateway: str) -> Proof:
+def prove_recent(engine: Engine, image: str, gateway: str) -> Proof:
     """:func:`prove`, or a proof that a canary made under the very same firewall rules.
 
     A canary costs a container start (about 0.3 s); a build of a small job takes
@@ -294,18 +281,14 @@ def prove_recent(image: str, gateway: str) -> Proof:
     at most :data:`PROOF_TTL`, a positive proof stands.  A failed proof is never
     kept: the next build tries again.
     """
-    from ..settings import state_dir
-    from .policy import EgressPolicy
-    from .proxy import ProxyLimits
-
     record = state_dir() / "egress-proof.json"
-    fingerprint = _firewall_fingerprint(gateway)
+    fingerprint = _firewall_fingerprint(engine, gateway)
     if fingerprint is not None:
         try:
             kept = json.loads(record.read_text())
             if (kept.get("fingerprint") == fingerprint
                     and 0 <= time.time() - float(kept["at"]) < PROOF_TTL
-                    and locked_rules_present()):
+                    and locked_rules_present(engine)):
                 when = time.strftime("%H:%M:%S", time.localtime(float(kept["at"])))
                 return Proof(True, f"{kept['detail']} (canary at {when}, same firewall rules)",
                              dict(kept.get("checks", {}), cached=True))
@@ -313,7 +296,7 @@ def prove_recent(image: str, gateway: str) -> Proof:
             pass
     deny_all = EgressPolicy.from_settings([], [], [], own_addresses=[gateway])
     with start_build_proxy(deny_all, gateway, log_path=None, limits=ProxyLimits()) as proxy:
-        proof = prove(image, proxy)
+        proof = prove(engine, image, proxy)
     if proof.enforced and fingerprint is not None:
         record.write_text(json.dumps({"fingerprint": fingerprint, "at": time.time(),
                                       "detail": proof.detail, "checks": proof.checks}))
@@ -322,20 +305,12 @@ def prove_recent(image: str, gateway: str) -> Proof:
     return proof
 
 
-def status(*, image: str | None, settings: Settings) -> Proof:
-    """Prove the host's state with a deny-all proxy and a canary container."""
-    from ..builder.templates import find_template
-    from ..cache.engine import bridge_gateway, inspect_image
-    from .policy import EgressPolicy
-    from .proxy import ProxyLimits
-
-    if image is None:
-        image = find_template("python", settings.build.templates).default_base
-    if inspect_image(image) is None:
+def status(engine: Engine, image: str) -> Proof:
+    """Prove the host's state with a deny-all proxy and a canary container in ``image``."""
+    if engine.inspect_image(image) is None:
         raise UsageError(f"the canary image {image} is not on this engine",
                          hint="pass --image with any local image that has python3")
-    gateway = bridge_gateway()
+    gateway = engine.bridge_gateway()
     policy = EgressPolicy.from_settings([], [], [], own_addresses=[gateway])
-    proxy = start_build_proxy(policy, gateway, log_path=None, limits=ProxyLimits())
-    with proxy:
-        return prove(image, proxy)
+    with start_build_proxy(policy, gateway, log_path=None, limits=ProxyLimits()) as proxy:
+        return prove(engine, image, proxy)

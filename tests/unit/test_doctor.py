@@ -15,8 +15,11 @@ import pytest
 
 from bake import doctor
 from bake.doctor import Check, run_checks
+from bake.engine import Engine
+from bake.settings import HostEnv
 
-NAMES = ["config", "engine", "buildkit", "base image", "confinement", "allowlist", "registry"]
+NAMES = ["config", "environment", "engine", "buildkit", "base image", "confinement", "allowlist",
+         "registry"]
 
 
 def by_name(checks: list[Check]) -> dict[str, Check]:
@@ -73,17 +76,32 @@ def test_config_says_where_each_setting_came_from(tmp_path: Path,
                                         "egress.setup_timeout": str(config)}
 
 
-def test_a_live_engine_is_reported_with_its_version(monkeypatch: pytest.MonkeyPatch) -> None:
-    from bake.cache import engine
+class VersionedEngine(Engine):
+    """An engine that answers /version without a socket."""
 
-    monkeypatch.setattr(engine, "_get", lambda path, timeout=5.0: (
-        200, {"Version": "20.10.24", "ApiVersion": "1.41"}))
-    check = doctor.check_engine()
+    def __init__(self, version: str, api: str) -> None:
+        super().__init__()
+        self.answer = {"Version": version, "ApiVersion": api}
+
+    def version(self, timeout: float = 5.0) -> dict[str, object]:
+        return self.answer
+
+
+def test_a_live_engine_is_reported_with_its_version() -> None:
+    check = doctor.check_engine(VersionedEngine("20.10.24", "1.41"), HostEnv())
     assert check.ok and "Docker Engine 20.10.24 (API 1.41)" in check.detail
-    monkeypatch.setattr(engine, "_get", lambda path, timeout=5.0: (
-        200, {"Version": "19.03.1", "ApiVersion": "1.40"}))
-    old = doctor.check_engine()
+    old = doctor.check_engine(VersionedEngine("19.03.1", "1.40"), HostEnv())
     assert not old.ok and "1.41" in old.detail and "docker.io" in old.fix
+
+
+def test_the_environment_check_names_each_variable_and_never_the_token() -> None:
+    env = HostEnv.read({"HF_TOKEN": "hf_secret_value", "DOCKER_HOST": "tcp://10.1.2.3:2376",
+                        "DOCKER_TLS_VERIFY": "1"})
+    check = doctor.check_environment(env)
+    assert "docker_host = tcp://10.1.2.3:2376 from env DOCKER_HOST" in check.detail
+    assert "hf_token = (set, not shown) from env HF_TOKEN" in check.detail
+    assert "hf_secret_value" not in json.dumps(check.to_json())
+    assert check.to_json()["extra"]["hf_endpoint"] == "unset"
 
 
 @pytest.mark.parametrize(("enforce", "ok"), [("require", False), ("warn", True)])
@@ -92,13 +110,13 @@ def test_unconfined_egress_fails_only_when_required(monkeypatch: pytest.MonkeyPa
     from bake.egress import lockdown
     from bake.settings import EgressSettings, Settings
 
-    monkeypatch.setattr(lockdown, "locked_rules_present", lambda: False)
+    monkeypatch.setattr(lockdown, "locked_rules_present", lambda engine: False)
     check = doctor.check_confinement(Settings(egress=EgressSettings(enforce=enforce)),
-                                     engine_ok=True)
+                                     Engine(), engine_ok=True)
     assert check.ok is ok and "not installed" in check.detail
     assert ("bake egress lock" in check.fix) is not ok
     offline = doctor.check_confinement(
-        Settings(egress=EgressSettings(allow=(), enforce="require")), engine_ok=True)
+        Settings(egress=EgressSettings(allow=(), enforce="require")), Engine(), engine_ok=True)
     assert offline.ok and "--network=none" in offline.detail
 
 
@@ -139,7 +157,8 @@ def test_registry_answers(registry: tuple[str, list[int]], status: int, ok: bool
 
     address, answer = registry
     answer[0] = status
-    check = doctor.check_registry(Settings(registry=RegistrySettings(repository=f"{address}/b")))
+    check = doctor.check_registry(Settings(registry=RegistrySettings(repository=f"{address}/b")),
+                                  Engine())
     assert check.ok is ok and words in check.detail, check
     assert bool(check.fix) is not ok
     if status == 401:
@@ -153,7 +172,7 @@ def test_a_registry_that_does_not_answer_says_so() -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     check = doctor.check_registry(Settings(registry=RegistrySettings(
-        repository=f"127.0.0.1:{port}/bake")))
+        repository=f"127.0.0.1:{port}/bake")), Engine())
     assert not check.ok and "cannot reach the registry" in check.detail
     assert "docker-registry serve" in check.fix
 

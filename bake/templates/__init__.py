@@ -1,10 +1,11 @@
-"""Find a template by name and fingerprint its files (no Jinja: this runs on every key).
+"""bake's templates, and how a template is found by name and fingerprinted.
 
 A template is a folder ``<name>/`` holding ``Dockerfile.j2`` and ``template.toml``.
-bake's own live in ``bake/templates``; the seller's folders (``build.templates``)
+bake's own live here, beside this file; the seller's folders (``build.templates``)
 are searched first, so a seller may replace one of ours.  Every template extends
-``_base/Dockerfile.j2`` and the build context carries ``hubfetch.py``, so their
-bytes feed every template's digest too.
+``_base/Dockerfile.j2``, and ``_base`` also holds the files the build context
+carries into setup steps (``hubfetch.py``, ``hub-client.txt``), so the bytes of
+``_base`` feed every template's digest.  No Jinja here: this runs on every key.
 """
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ from ..errors import ConfigError, SpecError
 
 __all__ = ["BUILTIN_DIR", "Template", "Variant", "find_template", "list_templates"]
 
-BUILTIN_DIR = Path(__file__).resolve().parent.parent / "templates"
-HUBFETCH = Path(__file__).resolve().parent / "hubfetch.py"
+BUILTIN_DIR = Path(__file__).resolve().parent
 _SHARED = ("_base",)
 
 
@@ -44,6 +44,15 @@ class Template:
     digest: str
     description: str = ""
     variants: tuple[Variant, ...] = field(default=())
+
+    def base_file(self, name: str) -> Path:
+        """A file of ``_base`` from the first folder that has one: the same ``_base`` whose
+        Dockerfile Jinja extends and whose files feed the template's digest."""
+        for folder in self.search_path:
+            candidate = folder / "_base" / name
+            if candidate.is_file():
+                return candidate
+        raise FileNotFoundError(f"no _base/{name} in {self.search_path}")
 
 
 def _search_path(extra: tuple[str, ...]) -> tuple[Path, ...]:
@@ -105,7 +114,7 @@ def _load(name: str, folder: Path, search: tuple[Path, ...]) -> Template:
 
 
 def _digest(folder: Path, search: tuple[Path, ...]) -> str:
-    """sha256 over the template's files, the shared base template and hubfetch.py."""
+    """sha256 over the template's files and those of the shared ``_base``."""
     h = hashlib.sha256()
     roots = [("template", folder)]
     for shared in _SHARED:
@@ -119,6 +128,4 @@ def _digest(folder: Path, search: tuple[Path, ...]) -> str:
             rel = path.relative_to(root).as_posix()
             h.update(f"{label}/{rel}\0".encode())
             h.update(hashlib.sha256(path.read_bytes()).digest())
-    if HUBFETCH.is_file():
-        h.update(b"hubfetch.py\0" + hashlib.sha256(HUBFETCH.read_bytes()).digest())
     return "sha256:" + h.hexdigest()

@@ -1,4 +1,4 @@
-"""The runner's plans and output collection against a hostile job, without an engine."""
+"""The runner: its container plans and output collection against a hostile job, no engine."""
 
 from __future__ import annotations
 
@@ -8,8 +8,21 @@ from pathlib import Path
 
 import pytest
 
-from bake.runner import NOBODY, RunPlan, RunResult, collect_output, container_config, job_user
-from bake.spec import RunLimits
+from bake.resolve import resolve
+from bake.runner import (
+    NOBODY,
+    RunPlan,
+    RunResult,
+    collect_output,
+    container_config,
+    job_user,
+    run_job,
+    self_check_plan,
+)
+from bake.settings import Settings
+from bake.spec import HubRepo, RunLimits, load_spec
+from tests.conftest import write_job
+from tests.unit.helpers import fixed_base
 
 
 @pytest.mark.parametrize(("image_user", "expected"), [
@@ -36,14 +49,48 @@ def test_the_container_config_holds_every_limit() -> None:
     limits = RunLimits(memory=64 << 20, cpus=0.5, pids=32, timeout=5, shm=1 << 20, tmp=8 << 20)
     config = container_config(RunPlan("img", ("python",), limits=limits), user="10001:10001",
                               out_dir=None)
-    assert config["cgroupns"] == "private"
-    assert config["tmpfs"]["/tmp"].endswith(f"size={8 << 20}")
-    assert "nosuid" in config["tmpfs"]["/tmp"] and "nodev" in config["tmpfs"]["/tmp"]
-    assert config["pids_limit"] == 32 and config["shm_size"] == 1 << 20
-    assert config["mem_limit"] == config["memswap_limit"] == 64 << 20
-    assert config["user"] == "10001:10001" and config["network_mode"] == "none"
-    for key in ("privileged", "cap_add", "devices", "pid_mode", "userns_mode", "sysctls"):
-        assert key not in config
+    host = config["HostConfig"]
+    assert host["CgroupnsMode"] == "private"
+    assert host["Tmpfs"]["/tmp"].endswith(f"size={8 << 20}")
+    assert "nosuid" in host["Tmpfs"]["/tmp"] and "nodev" in host["Tmpfs"]["/tmp"]
+    assert host["PidsLimit"] == 32 and host["ShmSize"] == 1 << 20
+    assert host["Memory"] == host["MemorySwap"] == 64 << 20
+    assert config["User"] == "10001:10001" and host["NetworkMode"] == "none"
+    for key in ("Privileged", "CapAdd", "Devices", "PidMode", "UsernsMode", "Sysctls"):
+        assert key not in host
+
+
+def test_container_is_hardened() -> None:
+    limits = RunLimits(memory=1 << 30, cpus=1.5, pids=100, timeout=60, shm=1 << 20,
+                       tmp=2 << 20)
+    config = container_config(RunPlan("img", ("python", "x.py"), (("A", "1"),), limits,
+                                      None, "k"), user="10001:10001", out_dir=None)
+    host = config["HostConfig"]
+    assert host["NetworkMode"] == "none"
+    assert host["CapDrop"] == ["ALL"]
+    assert host["SecurityOpt"] == ["no-new-privileges"]
+    assert host["ReadonlyRootfs"] is True
+    assert host["Tmpfs"] == {"/tmp": f"rw,exec,nosuid,nodev,size={2 << 20}"}
+    assert host["LogConfig"]["Config"]["max-size"] == "64m"
+    assert host["PidsLimit"] == 100 and host["Memory"] == 1 << 30
+    assert host["MemorySwap"] == 1 << 30 and host["NanoCpus"] == 1_500_000_000
+    assert host["IpcMode"] == "private"
+    # Only the job's own variables: the Engine API adds none of the client's (no proxies).
+    assert config["Env"] == ["A=1"] and host["Binds"] == []
+    assert "Privileged" not in host and "Devices" not in host
+
+
+def test_output_is_the_only_mount() -> None:
+    config = container_config(RunPlan("img", ("x",)), user=NOBODY, out_dir="/stage/out")
+    assert config["HostConfig"]["Binds"] == ["/stage/out:/out:rw"]
+    assert "Volumes" not in config and "Mounts" not in config["HostConfig"]
+
+
+def test_job_user_is_never_root() -> None:
+    assert job_user("") == NOBODY
+    assert job_user("root") == NOBODY
+    assert job_user("0:0") == NOBODY
+    assert job_user("10001:10001") == "10001:10001"
 
 
 def test_a_memory_kill_names_the_limit() -> None:
@@ -103,43 +150,56 @@ def test_output_collection_does_not_write_through_links_in_the_destination(
 
 
 class _Engine:
-    """A fake docker client whose create() is cut short by Ctrl-C after the Engine made
-    the container, which then shows up only a moment later (as a real Engine's would)."""
+    """An engine whose create is cut short by Ctrl-C after it made the container, which
+    then shows up only a moment later (as a real Engine's would)."""
 
     def __init__(self) -> None:
-        import docker.errors
-
-        self.errors = docker.errors
         self.pending: str | None = None
         self.made: set[str] = set()
         self.lookups = 0
-        self.api = self
-        self.containers = self
 
     def inspect_image(self, image: str) -> dict[str, object]:
         return {"Config": {"User": "10001:10001"}}
 
-    def create(self, *, name: str, **config: object) -> None:
+    def create_container(self, name: str, config: object) -> str:
         self.pending = name
         raise KeyboardInterrupt  # the signal lands while the request is in flight
 
-    def remove_container(self, name: str, force: bool = False) -> None:
+    def remove_container(self, name: str) -> bool:
         self.lookups += 1
         if self.lookups == 3 and self.pending == name:
             self.made.add(name)  # the Engine finished creating it just now
         if name not in self.made:
-            raise self.errors.NotFound(f"no such container: {name}")
+            return False
         self.made.remove(name)
+        return True
 
 
-def test_a_container_whose_create_was_interrupted_is_still_removed(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    from bake.cache import store
-    from bake.runner import run_job
-
+def test_a_container_whose_create_was_interrupted_is_still_removed() -> None:
     engine = _Engine()
-    monkeypatch.setattr(store, "docker_client", lambda: engine)
     with pytest.raises(KeyboardInterrupt):
-        run_job(RunPlan("img", ("python",)), stream=False)
+        run_job(engine, RunPlan("img", ("python",)), stream=False)  # type: ignore[arg-type]
     assert engine.pending and engine.pending.startswith("bake-job-")
     assert engine.lookups == 3 and engine.made == set()  # found on the third look, removed
+
+
+class OneCommitHub:
+    def resolve_revision(self, repo: HubRepo) -> str:
+        return "a" * 40
+
+    def list_files(self, repo: HubRepo, commit: str) -> list[str]:
+        return ["config.json"]
+
+
+def test_check_runs_the_jobs_python_on_every_repo_offline(tmp_path: Path) -> None:
+    spec = write_job(tmp_path, '[[models]]\nrepo = "o/m"\n[[datasets]]\nrepo = "o/d"\n'
+                               '[job]\ncommand = ["python", "-c", "1"]\nenv = { X = "1" }\n')
+    job = resolve(load_spec(spec), Settings(), base_lookup=fixed_base, hub=OneCommitHub())
+    plan = self_check_plan("sha256:" + "f" * 64, job)
+    # The job's venv python (its own huggingface_hub when it has one), never the fetch client.
+    assert plan.command == ("/opt/venv/bin/python", "/opt/bake/hubfetch.py", "check",
+                            "/opt/bake/hub/0.json", "/opt/bake/hub/1.json")
+    assert plan.env == ()  # nothing of the job's or the seller's environment
+    host = container_config(plan, user="10001:10001", out_dir=None)["HostConfig"]
+    assert host["NetworkMode"] == "none" and host["ReadonlyRootfs"] is True
+    assert host["CapDrop"] == ["ALL"] and host["Binds"] == []
