@@ -74,6 +74,6 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'bake' has no attribute {name!r}")
-    import importlib
+    import importlib  # noqa: PLC0415 - the lazy door of the public API
 
     return getattr(importlib.import_module(f"bake.{module}"), name)

@@ -11,12 +11,12 @@ import sys
 
 
 def main() -> None:
-    from .fast import try_hit
+    from .fast import try_hit  # noqa: PLC0415 - before anything else loads
 
     code = try_hit(sys.argv[1:])
     if code is not None:
         sys.exit(code)
-    from .cli import main as cli_main
+    from .cli import main as cli_main  # noqa: PLC0415 - typer and rich: only on a miss
 
     cli_main()
 

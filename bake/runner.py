@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import stat
+import sys
 import tempfile
 import threading
 import time
@@ -237,8 +238,6 @@ def _remove(engine: Engine, name: str, *, maybe_in_flight: bool) -> None:
 
 
 def _stdbuffer(name: str) -> IO[bytes]:
-    import sys
-
     stream: IO[bytes] = (sys.stdout if name == "stdout" else sys.stderr).buffer
     return stream
 

@@ -198,8 +198,9 @@ def parse_requirement(line: str, *, field: str = "python.requirements") -> str:
         # The common case, "name==version", normalised exactly as packaging would,
         # without importing it: the key of a cache hit is computed on every build.
         return f"{_canonical_name(simple.group(1))}=={simple.group(2)}"
-    from packaging.requirements import InvalidRequirement, Requirement
-    from packaging.utils import canonicalize_name
+    # Heavy, and only needed past the common "name==version": never on a key hit.
+    from packaging.requirements import InvalidRequirement, Requirement  # noqa: PLC0415
+    from packaging.utils import canonicalize_name  # noqa: PLC0415
 
     try:
         req = Requirement(text)

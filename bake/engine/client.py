@@ -16,9 +16,11 @@ engine's own message.  Nothing else of the socket or HTTP layers leaks out.
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import socket
+import struct
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -114,7 +116,8 @@ class EngineAddress:
         return sock
 
     def _wrap(self, sock: socket.socket, hostname: str) -> socket.socket:
-        import ssl  # only for an engine over TLS: a local socket never pays for it
+        # Only for an engine over TLS: a local socket never pays for it.
+        import ssl  # noqa: PLC0415
 
         folder = Path(self.cert_path or Path.home() / ".docker")
         try:
@@ -588,9 +591,6 @@ def registry_auth(username: str = "", password: str = "", identity_token: str = 
 
 
 def _interface_address(name: str) -> str | None:
-    import fcntl
-    import struct
-
     siocgifaddr = 0x8915
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         try:
