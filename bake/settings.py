@@ -23,6 +23,8 @@ bases or templates.
 from __future__ import annotations
 
 import difflib
+import hashlib
+import json
 import os
 import tomllib
 from collections.abc import Mapping
@@ -114,12 +116,57 @@ class HostEnv:
             else:
                 sources[name] = "unset"
         values["docker_tls_verify"] = bool(values.get("docker_tls_verify"))
+        if not values.get("docker_host"):
+            _docker_context(env, values, sources)
         return cls(**values, sources=sources)
 
     @property
     def docker_config_dir(self) -> Path:
         return Path(self.docker_config) if self.docker_config else Path.home() / ".docker"
 
+
+def _docker_context(env: Mapping[str, str], values: dict[str, Any],
+                    sources: dict[str, str]) -> None:
+    """Where the docker CLI's current context points, when DOCKER_HOST does not say.
+
+    ``$DOCKER_CONTEXT``, else ``currentContext`` in config.json; its endpoint is in
+    the CLI's context store (``contexts/meta/<sha256 of the name>/meta.json``) and its
+    TLS files beside it (``contexts/tls/<sha256>/docker/``), as the CLI keeps them.
+    """
+    folder = Path(values.get("docker_config") or Path.home() / ".docker")
+    name, where = env.get("DOCKER_CONTEXT") or "", "env DOCKER_CONTEXT"
+    if not name:
+        try:
+            config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+            name = str(config.get("currentContext") or "") if isinstance(config, dict) else ""
+        except (OSError, ValueError):
+            name = ""
+        where = f"currentContext in {folder / 'config.json'}"
+    if not name or name == "default":
+        return
+    ident = hashlib.sha256(name.encode()).hexdigest()
+    meta = folder / "contexts" / "meta" / ident / "meta.json"
+    try:
+        endpoint = json.loads(meta.read_text(encoding="utf-8"))["Endpoints"]["docker"]
+        host = str(endpoint["Host"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ConfigError(f"docker context {name!r} ({where}) has no readable endpoint in "
+                          f"{meta}", field="DOCKER_CONTEXT",
+                          hint="`docker context ls` lists the contexts; or set DOCKER_HOST") \
+            from None
+    values["docker_host"] = host
+    sources["docker_host"] = f"docker context {name} ({where})"
+    tls = folder / "contexts" / "tls" / ident / "docker"
+    if tls.is_dir():
+        values["docker_cert_path"] = str(tls)
+        sources["docker_cert_path"] = f"docker context {name}"
+        values["docker_tls_verify"] = not endpoint.get("SkipTLSVerify", False)
+        sources["docker_tls_verify"] = f"docker context {name}"
+
+
+# Engine addresses bake's client speaks (bake/engine): the CLI's others (ssh://, fd://,
+# npipe://) need a helper process or another OS.
+_ENGINE_SCHEMES = ("unix://", "tcp://")
 
 # HostEnv field -> the variables that set it, first wins (huggingface_hub's own order).
 _HOST_VARIABLES = {
@@ -376,6 +423,14 @@ def _check(settings: Settings) -> None:
             field="build.stacks", source=src("build.stacks"),
         )
     settings.egress_policy  # noqa: B018 - validates the allowlist now, for every command
+    host = settings.env.docker_host
+    if host and not host.startswith(_ENGINE_SCHEMES):
+        raise ConfigError(
+            f"{host!r} is not an engine address bake can use",
+            field="DOCKER_HOST", source=settings.env.sources.get("docker_host"),
+            hint="use unix:///path/to/docker.sock, or tcp://host:port with DOCKER_TLS_VERIFY=1 "
+            "and DOCKER_CERT_PATH for TLS (for ssh://, forward the socket: ssh -L)",
+        )
     repo = settings.registry.repository
     if repo:
         try:

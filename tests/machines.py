@@ -146,11 +146,12 @@ def _unused_subnet() -> str:
 
 @contextmanager
 def second_engine(seed: Callable[[str], None], *, label: str = "engine2",
-                  data_size: str | None = None) -> Iterator[str]:
+                  data_size: str | None = None,
+                  extra_args: tuple[str, ...] = ()) -> Iterator[str]:
     """A second dockerd; ``seed(socket)`` gives it its base image.  Yields its DOCKER_HOST.
 
     ``data_size`` (e.g. "600m") puts its data root on a tmpfs of that size: a
-    machine whose disk fills up.
+    machine whose disk fills up.  ``extra_args`` go to dockerd (e.g. a TLS listener).
     """
     if os.geteuid() != 0:
         raise MachineError("a second dockerd needs root")
@@ -175,7 +176,7 @@ def second_engine(seed: Callable[[str], None], *, label: str = "engine2",
             [shutil.which("dockerd") or "/usr/sbin/dockerd", "--data-root", str(root / "data"),
              "--exec-root", str(root / "exec"), "--pidfile", str(root / "dockerd.pid"),
              "-H", sock, f"--bridge={bridge}", "--iptables=false", "--ip-masq=false",
-             "--ip-forward=false", f"--cgroup-parent=bake-{label}"],
+             "--ip-forward=false", f"--cgroup-parent=bake-{label}", *extra_args],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 60
         while docker("version", host=sock, check=False).returncode != 0:

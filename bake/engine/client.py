@@ -136,7 +136,7 @@ class EngineAddress:
         except OSError as exc:  # ssl.SSLError is an OSError too
             sock.close()
             raise EngineError(
-                f"cannot open TLS to the Docker Engine at {self.where}: {exc}",
+                f"cannot open TLS to the Docker Engine at {self.describe()}: {exc}",
                 hint=f"check DOCKER_CERT_PATH ({folder}: ca.pem, cert.pem, key.pem) and "
                 "that the engine listens with --tlsverify",
                 unreachable=True,
@@ -244,8 +244,12 @@ class Engine:
 
     def _unreachable(self, exc: OSError) -> EngineError:
         reason = exc.strerror or str(exc) or type(exc).__name__
+        hint = engine_hint()
+        if self.address.tls:
+            hint = ("check DOCKER_CERT_PATH (ca.pem, cert.pem, key.pem) and that the engine "
+                    "trusts this client's certificate; " + hint)
         return EngineError(f"cannot reach the Docker Engine at {self.address.describe()}: "
-                           f"{reason}", hint=engine_hint(), unreachable=True)
+                           f"{reason}", hint=hint, unreachable=True)
 
     @staticmethod
     def _fail(what: str, status: int, data: Any) -> EngineError:
