@@ -21,8 +21,9 @@ from .reference import parse_image_ref
 from .settings import Settings
 from .spec import HubRepo, JobSpec
 from .templates import find_template
+from .units import format_size
 
-__all__ = ["BaseLookup", "ClientHub", "Hub", "base_digest", "resolve"]
+__all__ = ["BaseLookup", "ClientHub", "Hub", "base_digest", "check_context_size", "resolve"]
 
 #: ``base_lookup(ref)`` -> (what FROM should say, the digest that feeds the key).
 BaseLookup = Callable[[str], tuple[str, str]]
@@ -47,6 +48,7 @@ def resolve(
             field=field,
             hint=f"the seller allows: {', '.join(settings.build.bases) or 'none'}",
         )
+    check_context_size(spec, settings.build.max_context)
     base_from, digest = base_lookup(base_ref)
     models: tuple[ResolvedRepo, ...] = ()
     datasets: tuple[ResolvedRepo, ...] = ()
@@ -63,6 +65,23 @@ def resolve(
         models=models,
         datasets=datasets,
         file_digests=tuple(_sha256(f.source) for f in spec.files),
+    )
+
+
+def check_context_size(spec: JobSpec, limit: int) -> None:
+    """The seller's bound on the job files a build copies (``build.max_context``), checked
+    before any of them is read: exit 2 naming the limit and the largest files."""
+    total = sum(f.size for f in spec.files)
+    if total <= limit:
+        return
+    largest = sorted(spec.files, key=lambda f: f.size, reverse=True)[:3]
+    names = ", ".join(f"{f.dest} ({format_size(f.size)})" for f in largest)
+    raise SpecError(
+        f"job files total {format_size(total)}, more than this host allows "
+        f"(build.max_context = {format_size(limit)}); the largest: {names}",
+        field="job.files",
+        hint="ship data as a [[datasets]] entry (fetched at setup), or ask the seller to "
+        "raise build.max_context",
     )
 
 

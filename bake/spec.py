@@ -35,7 +35,6 @@ __all__ = [
 ]
 
 MAX_SPEC_BYTES = 1 << 20
-MAX_JOB_BYTES = 512 << 20
 MAX_JOB_FILES = 10_000
 MAX_TEXT = 4096
 MAX_REQUIREMENTS = 1000
@@ -76,6 +75,7 @@ class JobFile:
     dest: str
     source: Path
     mode: int
+    size: int = 0
 
 
 @dataclass(frozen=True)
@@ -401,7 +401,6 @@ class _Parser:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise SpecError("must be a list of relative paths", field="job.files")
         found: dict[str, JobFile] = {}
-        total = 0
         for i, entry in enumerate(value):
             where = f"job.files[{i}]"
             source = self.inside(entry, where)
@@ -419,16 +418,12 @@ class _Parser:
                                     field=where)
                 dest = item.relative_to(self.root).as_posix()
                 stat = item.stat()
-                total += stat.st_size
                 mode = 0o755 if stat.st_mode & 0o111 else 0o644
                 # The real file, not the link: the build opens it without following
                 # links, so a link swapped in after this check cannot lead out.
-                found[dest] = JobFile(dest, item.resolve(), mode)
+                found[dest] = JobFile(dest, item.resolve(), mode, stat.st_size)
         if len(found) > MAX_JOB_FILES:
             raise SpecError(f"more than {MAX_JOB_FILES} files", field="job.files")
-        if total > MAX_JOB_BYTES:
-            raise SpecError(f"job files total {total >> 20} MiB, more than {MAX_JOB_BYTES >> 20} "
-                            "MiB", field="job.files", hint="ship data as a [[datasets]] entry")
         return tuple(found[k] for k in sorted(found))
 
     def run(self, table: Mapping[str, Any]) -> RunLimits:

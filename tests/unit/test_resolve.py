@@ -143,3 +143,32 @@ def test_no_hub_is_asked_when_the_job_names_no_repo(tmp_path: Path) -> None:
     fake = RecordingHub()
     resolve(load_spec(_spec(tmp_path, "")), Settings(), base_lookup=fixed_base, hub=fake)
     assert fake.calls == []
+
+
+def test_job_files_past_the_sellers_context_limit_are_exit_2_naming_the_largest(
+        tmp_path: Path) -> None:
+    """build.max_context bounds what a build copies; checked before a byte is read."""
+    from bake.errors import SpecError
+
+    for name, size in (("weights.bin", 3 << 20), ("data/part.csv", 600 << 10), ("main.py", 10)):
+        path = tmp_path / name
+        path.parent.mkdir(exist_ok=True)
+        with open(path, "wb") as fh:  # sparse: a large size, no disk
+            fh.truncate(size)
+    spec_path = write_job(tmp_path, '[job]\nfiles = ["main.py", "weights.bin", "data"]\n'
+                                    'command = ["python", "main.py"]\n')
+    spec = load_spec(spec_path)
+
+    def never(ref: str) -> tuple[str, str]:
+        raise AssertionError("the limit is checked before the engine is asked")
+
+    assert Settings().build.max_context == 1 << 30  # the default: 1 GiB (DESIGN.md)
+    with pytest.raises(SpecError) as caught:
+        resolve(spec, Settings(build=BuildSettings(max_context=1 << 20)), base_lookup=never)
+    error = caught.value
+    assert error.exit_code == 2 and error.field == "job.files"
+    assert "3.59 MiB" in error.message and "build.max_context = 1 MiB" in error.message
+    assert "weights.bin (3 MiB), data/part.csv (600 KiB), main.py (10 B)" in error.message
+    assert "[[datasets]]" in (error.hint or "")
+    roomy = Settings(build=BuildSettings(max_context=8 << 20))
+    assert resolve(spec, roomy, base_lookup=fixed_base).spec is spec
