@@ -1,29 +1,30 @@
-"""The fast path of ``bake build``: answer a key hit before the CLI is imported.
+"""The fast path of ``bake build``: answer a key hit before the CLI is even imported.
 
-Docker's own fully cached build answers in about 0.12 s here; typer and rich
-alone take a third of that to import.  So when the command line is a plain
-``bake [--config F] [--debug] build SPEC [--json] [--push|--no-push]``, this
-module runs the pipeline's first act (:func:`bake.lookup.lookup`) and answers
-if the image is there.  Anything else -- a miss, an error, another command, an
-option it does not know -- returns ``None`` and the full CLI takes over (and
-reports errors properly).  :func:`parse` must agree with the typer app on every
-command line it accepts; ``tests/unit/test_cli.py`` holds the table.
+Docker's own fully cached build answers in about 0.07 s here; typer and rich
+alone take longer than that to import, and the lookup's own modules (the spec
+grammar, the settings, the egress policy) a good part of it.  So when the command
+line is a plain ``bake [--config F] [--debug] build SPEC [--json] [--push|--no-push]``,
+this module asks the record of the last lookup of that spec with that config and
+environment (:mod:`bake.cache.hits`): every file it read unchanged, the same base
+image, the image still there.  Anything else -- no record, a changed input, an
+option it does not know, another command -- returns ``None`` and the full CLI takes
+over, whose lookup then records again.  :func:`parse` must agree with the typer app
+on every command line it accepts; ``tests/unit/test_cli.py`` holds the table.
 
 Importing this module loads none of asyncio, docker, jinja2, typer, rich or
-packaging (a unit test checks).
+packaging, nor the lookup's modules (a unit test checks).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
 
+from .cache.hits import recall, record_name, spec_file
 from .cache.store import record_use
-from .errors import BakeError
-from .lookup import lookup
-from .settings import load_settings
 from .types import BuildResult
 
 __all__ = ["FastBuild", "parse", "try_hit"]
@@ -71,20 +72,22 @@ def parse(argv: list[str]) -> FastBuild | None:
     return FastBuild(spec, config, as_json) if spec else None
 
 
-def try_hit(argv: list[str]) -> int | None:
-    """Answer ``bake build`` from the key alone: the exit code, or ``None`` to go on."""
+def try_hit(argv: list[str], *, environ: dict[str, str] | None = None) -> int | None:
+    """Answer ``bake build`` from a remembered lookup: the exit code, or ``None`` to go on."""
     parsed = parse(argv)
     if parsed is None:
         return None
     started = time.monotonic()
     try:
-        found = lookup(parsed.spec, load_settings(parsed.config), pull_base=False)
-    except (BakeError, OSError):
+        name = record_name(spec_file(parsed.spec), parsed.config or "",
+                           os.environ if environ is None else environ)
+    except (OSError, RuntimeError):
         return None
-    if not found.present:
+    found = recall(name)
+    if found is None:
         return None
-    record_use(found.key.digest)
-    result = BuildResult(found.image, found.key.digest, round(time.monotonic() - started, 3),
+    record_use(found.key)
+    result = BuildResult(found.image, found.key, round(time.monotonic() - started, 3),
                          cached=True)
     if parsed.json:
         sys.stdout.write(json.dumps(result.to_json(), sort_keys=True) + "\n")

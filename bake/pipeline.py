@@ -57,8 +57,9 @@ from .job import ResolvedJob
 from .lookup import Lookup, lookup
 from .prebake import Outcome, twin_job, variant_spec
 from .runner import RunResult, image_job, run_job, self_check, spec_job
-from .settings import Settings, load_settings, state_dir
+from .settings import Settings, load_settings
 from .spec import JobSpec
+from .state import state_dir
 from .templates import Template, Variant, find_template, list_templates
 from .types import BuildResult, NullReporter, Reporter
 

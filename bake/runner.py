@@ -29,8 +29,8 @@ from typing import IO, Any
 from .engine import Engine
 from .errors import EngineError, RunError, SetupError
 from .job import ResolvedJob
-from .settings import state_dir
 from .spec import JobSpec, RunLimits
+from .state import state_dir
 from .units import format_size
 
 __all__ = ["RunPlan", "RunResult", "container_config", "image_job", "run_job", "spec_job"]

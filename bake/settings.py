@@ -37,6 +37,7 @@ from typing import Any
 from .egress.policy import EgressPolicy
 from .errors import ConfigError
 from .reference import parse_image_ref
+from .state import environment_digest
 from .units import parse_duration, parse_size
 
 __all__ = [
@@ -47,7 +48,6 @@ __all__ = [
     "Settings",
     "config_path",
     "load_settings",
-    "state_dir",
 ]
 
 DEFAULT_ALLOW = (
@@ -102,6 +102,9 @@ class HostEnv:
     docker_cert_path: str = ""
     docker_config: str = ""  # the folder of config.json (registry credentials)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+    #: Files read to find the engine (the CLI's config and context store), for the fast
+    #: path's record of what a lookup depended on (bake/cache/hits.py).
+    inputs: tuple[Path, ...] = field(default=(), compare=False)
 
     @classmethod
     def read(cls, env: Mapping[str, str]) -> HostEnv:
@@ -116,9 +119,10 @@ class HostEnv:
             else:
                 sources[name] = "unset"
         values["docker_tls_verify"] = bool(values.get("docker_tls_verify"))
+        inputs: list[Path] = []
         if not values.get("docker_host"):
-            _docker_context(env, values, sources)
-        return cls(**values, sources=sources)
+            _docker_context(env, values, sources, inputs)
+        return cls(**values, sources=sources, inputs=tuple(inputs))
 
     @property
     def docker_config_dir(self) -> Path:
@@ -126,7 +130,7 @@ class HostEnv:
 
 
 def _docker_context(env: Mapping[str, str], values: dict[str, Any],
-                    sources: dict[str, str]) -> None:
+                    sources: dict[str, str], inputs: list[Path]) -> None:
     """Where the docker CLI's current context points, when DOCKER_HOST does not say.
 
     ``$DOCKER_CONTEXT``, else ``currentContext`` in config.json; its endpoint is in
@@ -136,6 +140,7 @@ def _docker_context(env: Mapping[str, str], values: dict[str, Any],
     folder = Path(values.get("docker_config") or Path.home() / ".docker")
     name, where = env.get("DOCKER_CONTEXT") or "", "env DOCKER_CONTEXT"
     if not name:
+        inputs.append(folder / "config.json")
         try:
             config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
             name = str(config.get("currentContext") or "") if isinstance(config, dict) else ""
@@ -146,6 +151,8 @@ def _docker_context(env: Mapping[str, str], values: dict[str, Any],
         return
     ident = hashlib.sha256(name.encode()).hexdigest()
     meta = folder / "contexts" / "meta" / ident / "meta.json"
+    tls = folder / "contexts" / "tls" / ident / "docker"
+    inputs += [meta, tls]
     try:
         endpoint = json.loads(meta.read_text(encoding="utf-8"))["Endpoints"]["docker"]
         host = str(endpoint["Host"])
@@ -156,7 +163,6 @@ def _docker_context(env: Mapping[str, str], values: dict[str, Any],
             from None
     values["docker_host"] = host
     sources["docker_host"] = f"docker context {name} ({where})"
-    tls = folder / "contexts" / "tls" / ident / "docker"
     if tls.is_dir():
         values["docker_cert_path"] = str(tls)
         sources["docker_cert_path"] = f"docker context {name}"
@@ -188,6 +194,11 @@ class Settings:
     # "egress.allow" -> "default" | "/etc/bake/config.toml" | "env BAKE_EGRESS_ALLOW" | "flag"
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
     file: Path | None = None
+    #: Every path probed for the config file, in order (the last is ``file`` when found).
+    probed: tuple[Path, ...] = field(default=(), compare=False)
+    #: What the settings were read from: the ``--config`` argument and a digest of the
+    #: environment variables they depend on (the fast path's records are named by both).
+    origin: tuple[str, str] = field(default=("", ""), compare=False)
 
     def source(self, name: str) -> str:
         return self.sources.get(name, "default")
@@ -237,24 +248,36 @@ _SIZES = frozenset({"build.max_context"})
 _DURATIONS = frozenset({"build.resolve_ttl"})
 
 
-def config_path(explicit: str | os.PathLike[str] | None = None) -> tuple[Path | None, str]:
-    """The config file to read and why it was chosen (``None`` when none exists)."""
+def config_candidates(explicit: str | os.PathLike[str] | None,
+                      environ: Mapping[str, str]) -> tuple[list[Path], str]:
+    """The paths the config may be at, in the order they are tried, and what chose them."""
     if explicit:
-        path = Path(explicit)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist", field="--config")
-        return path, "--config"
-    env = os.environ.get("BAKE_CONFIG")
-    if env:
-        path = Path(env)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist", field="BAKE_CONFIG")
-        return path, "BAKE_CONFIG"
-    xdg = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    for candidate in (Path(xdg) / "bake" / "config.toml", Path("/etc/bake/config.toml")):
+        return [Path(explicit)], "--config"
+    if environ.get("BAKE_CONFIG"):
+        return [Path(environ["BAKE_CONFIG"])], "BAKE_CONFIG"
+    xdg = environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return [Path(xdg) / "bake" / "config.toml", Path("/etc/bake/config.toml")], "default location"
+
+
+def config_path(explicit: str | os.PathLike[str] | None = None,
+                environ: Mapping[str, str] | None = None) -> tuple[Path | None, str]:
+    """The config file to read and why it was chosen (``None`` when none exists)."""
+    path, why, _ = _find_config(explicit, os.environ if environ is None else environ)
+    return path, why
+
+
+def _find_config(explicit: str | os.PathLike[str] | None,
+                 environ: Mapping[str, str]) -> tuple[Path | None, str, tuple[Path, ...]]:
+    candidates, why = config_candidates(explicit, environ)
+    probed: list[Path] = []
+    for candidate in candidates:
+        probed.append(candidate)
         if candidate.is_file():
-            return candidate, "default location"
-    return None, "none"
+            return candidate, why, tuple(probed)
+        if why != "default location":  # named explicitly: it must exist
+            field_name = "--config" if why == "--config" else "BAKE_CONFIG"
+            raise ConfigError(f"config file {candidate} does not exist", field=field_name)
+    return None, "none", tuple(probed)
 
 
 def load_settings(
@@ -265,7 +288,7 @@ def load_settings(
 ) -> Settings:
     """Read the seller settings; ``overrides`` are flags as ``{"registry.push": True}``."""
     env = os.environ if environ is None else environ
-    path, _why = config_path(config)
+    path, _why, probed = _find_config(config, env)
     values: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
     sources: dict[str, str] = {}
 
@@ -308,21 +331,11 @@ def load_settings(
         env=HostEnv.read(env),
         sources=sources,
         file=path,
+        probed=probed,
+        origin=(str(config or ""), environment_digest(env)),
     )
     _check(settings)
     return settings
-
-
-def state_dir() -> Path:
-    """Where bake keeps locks, egress logs and run records (``$BAKE_STATE_DIR`` wins)."""
-    explicit = os.environ.get("BAKE_STATE_DIR")
-    if explicit:
-        base = Path(explicit)
-    else:
-        xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-        base = Path(xdg) / "bake"
-    base.mkdir(parents=True, exist_ok=True)
-    return base
 
 
 def _section(name: str, source: str) -> type[Any]:

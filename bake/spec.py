@@ -104,6 +104,9 @@ class JobSpec:
     run: RunLimits = field(default_factory=RunLimits)
     root: Path = Path(".")
     path: Path = Path("bake.toml")
+    #: Every path the parser read or walked (the spec, a requirements file, job files as
+    #: named and as resolved, folders walked): what the fast path's record checks.
+    inputs: tuple[Path, ...] = field(default=(), compare=False)
 
 
 # The schema: every table's keys and a checker for each.  Unknown keys are errors.
@@ -243,6 +246,7 @@ class _Parser:
     def __init__(self, root: Path, where: str | None) -> None:
         self.root = root
         self.where = where
+        self.read: list[Path] = []
 
     def spec(self, data: Mapping[str, Any], path: Path) -> JobSpec:
         _keys(data, _TOP, "")
@@ -320,6 +324,7 @@ class _Parser:
             run=run,
             root=self.root,
             path=path,
+            inputs=(path, *self.read),
         )
 
     def requirements(self, python: Mapping[str, Any]) -> tuple[str, ...]:
@@ -331,6 +336,7 @@ class _Parser:
         req_file = python.get("requirements_file")
         if req_file is not None:
             source = self.inside(req_file, "python.requirements_file")
+            self.read.append(source)
             if not source.is_file():
                 raise SpecError(f"{req_file} is not a file", field="python.requirements_file")
             blob = _read_bounded(source, MAX_SPEC_BYTES, what="a requirements file",
@@ -405,7 +411,9 @@ class _Parser:
             where = f"job.files[{i}]"
             source = self.inside(entry, where)
             walk = sorted(source.rglob("*")) if source.is_dir() else [source]
+            self.read.append(source)
             for item in walk:
+                self.read.append(item)
                 if item.is_symlink():
                     target = item.resolve()
                     if self.root not in target.parents:
@@ -422,6 +430,8 @@ class _Parser:
                 # The real file, not the link: the build opens it without following
                 # links, so a link swapped in after this check cannot lead out.
                 found[dest] = JobFile(dest, item.resolve(), mode, stat.st_size)
+                if found[dest].source != item:
+                    self.read.append(found[dest].source)
         if len(found) > MAX_JOB_FILES:
             raise SpecError(f"more than {MAX_JOB_FILES} files", field="job.files")
         return tuple(found[k] for k in sorted(found))

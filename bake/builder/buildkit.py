@@ -28,7 +28,7 @@ from pathlib import Path
 
 from .. import proc
 from ..errors import EngineError, SetupError, SetupTimeout
-from ..settings import state_dir
+from ..state import state_dir
 
 __all__ = [
     "PROXY_ARGS",

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from ..settings import state_dir
+from ..state import state_dir
 
 __all__ = ["key_lock", "last_used", "record_use"]
 

@@ -30,7 +30,7 @@ from typing import Any
 from .. import proc
 from ..engine import Engine
 from ..errors import BakeError, EgressError, EngineError, UsageError
-from ..settings import state_dir
+from ..state import state_dir
 from .policy import EgressPolicy
 from .proxy import ProxyLimits, RunningProxy, start_proxy
 

@@ -25,11 +25,13 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from ..errors import EngineError
-from ..settings import Settings
+
+if TYPE_CHECKING:  # a type only: the fast path's direct mode must not load the settings
+    from ..settings import Settings
 
 __all__ = ["Container", "Engine", "EngineAddress", "Progress", "engine_hint", "registry_auth"]
 

@@ -44,6 +44,8 @@ class Template:
     digest: str
     description: str = ""
     variants: tuple[Variant, ...] = field(default=())
+    #: Every path read or probed to find and fingerprint it (the fast path's record).
+    inputs: tuple[Path, ...] = field(default=(), compare=False)
 
     def base_file(self, name: str) -> Path:
         """A file of ``_base`` from the first folder that has one: the same ``_base`` whose
@@ -70,10 +72,12 @@ def list_templates(extra: tuple[str, ...] = ()) -> list[str]:
 
 def find_template(name: str, extra: tuple[str, ...] = ()) -> Template:
     search = _search_path(extra)
+    probed: list[Path] = []
     for folder in search:
         candidate = folder / name
+        probed.append(candidate / "Dockerfile.j2")
         if (candidate / "Dockerfile.j2").is_file() and not name.startswith("_"):
-            return _load(name, candidate, search)
+            return _load(name, candidate, search, tuple(probed))
     known = list_templates(extra)
     close = difflib.get_close_matches(name, known, n=1)
     raise SpecError(
@@ -83,7 +87,8 @@ def find_template(name: str, extra: tuple[str, ...] = ()) -> Template:
     )
 
 
-def _load(name: str, folder: Path, search: tuple[Path, ...]) -> Template:
+def _load(name: str, folder: Path, search: tuple[Path, ...],
+          probed: tuple[Path, ...] = ()) -> Template:
     meta_path = folder / "template.toml"
     try:
         meta = tomllib.loads(meta_path.read_text(encoding="utf-8"))
@@ -102,30 +107,37 @@ def _load(name: str, folder: Path, search: tuple[Path, ...]) -> Template:
             requirements=tuple(entry.get("requirements", [])),
             models=tuple(entry.get("models", [])),
         ))
+    digest, read = _digest(folder, search)
     return Template(
         name=name,
         folder=folder,
         search_path=search,
         default_base=default_base,
-        digest=_digest(folder, search),
+        digest=digest,
         description=str(meta.get("description", "")),
         variants=tuple(variants),
+        inputs=(*probed, *read),
     )
 
 
-def _digest(folder: Path, search: tuple[Path, ...]) -> str:
-    """sha256 over the template's files and those of the shared ``_base``."""
+def _digest(folder: Path, search: tuple[Path, ...]) -> tuple[str, tuple[Path, ...]]:
+    """sha256 over the template's files and those of the shared ``_base``; and every
+    path it read or walked."""
     h = hashlib.sha256()
     roots = [("template", folder)]
+    read: list[Path] = []
     for shared in _SHARED:
         for base in search:
+            read.append(base / shared)
             if (base / shared).is_dir():
                 roots.append((shared, base / shared))
                 break
     for label, root in roots:
-        files = (p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
-        for path in sorted(files):
+        entries = [p for p in root.rglob("*") if "__pycache__" not in p.parts]
+        read += [root, *(p for p in entries if p.is_dir())]
+        for path in sorted(p for p in entries if p.is_file()):
+            read.append(path)
             rel = path.relative_to(root).as_posix()
             h.update(f"{label}/{rel}\0".encode())
             h.update(hashlib.sha256(path.read_bytes()).digest())
-    return "sha256:" + h.hexdigest()
+    return "sha256:" + h.hexdigest(), tuple(read)

@@ -169,19 +169,20 @@ def test_the_fast_path_answers_only_what_the_cli_would_run_the_same_way(
 
 def test_the_fast_path_goes_on_to_the_cli_when_it_cannot_answer(tmp_path: Path) -> None:
     (tmp_path / "bake.toml").write_text('[job]\ncommand = ["python", "x.py"]\n')
-    # The unit tier's engine is a dead socket: no answer, no error, the CLI takes over.
+    # No record of a lookup of this spec: no answer, no error, the CLI takes over.
     assert fast.try_hit(["build", str(tmp_path)]) is None
     assert fast.try_hit(["build", str(tmp_path / "missing")]) is None
     assert fast.try_hit(["key", str(tmp_path)]) is None
 
 
 def test_importing_the_fast_path_loads_no_heavy_library() -> None:
-    """A key hit may load the lookup stages and nothing of the build machinery."""
+    """A remembered key hit loads neither the lookup's modules nor the build machinery."""
     code = ("import sys, bake.fast; print(' '.join(sorted(m for m in sys.modules)))")
     loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                 check=True).stdout.split())
     heavy = {"asyncio", "docker", "jinja2", "typer", "rich", "packaging", "huggingface_hub",
-             "click", "urllib.request", "http.client", "ssl", "subprocess",
-             "bake.pipeline", "bake.cli", "bake.egress.proxy", "bake.builder.buildkit"}
-    assert "bake.lookup" in loaded
+             "click", "urllib.request", "http.client", "ssl", "subprocess", "tomllib",
+             "bake.pipeline", "bake.cli", "bake.egress.proxy", "bake.builder.buildkit",
+             "bake.lookup", "bake.spec", "bake.settings", "bake.egress.policy"}
+    assert "bake.cache.hits" in loaded
     assert not heavy & loaded, heavy & loaded
