@@ -183,7 +183,6 @@ def _build(job: ResolvedJob, image_key: ImageKey, image: str, cfg: Settings, *, 
         work = Path(tmp)
         os.chmod(work, 0o700)
         context_dir = context.write(work / "context")
-        secrets = _secrets(work / "secrets", cfg, job, hf_token)
         labels = {
             "bake.key": image_key.digest,
             "bake.manifest": image_key.label(),
@@ -193,6 +192,8 @@ def _build(job: ResolvedJob, image_key: ImageKey, image: str, cfg: Settings, *, 
             "org.opencontainers.image.base.digest": job.base_digest,
         }
         with _setup_window(cfg, job, log_path, no_network, report) as (proxy, egress):
+            secrets = _secrets(work / "secrets", cfg, job, hf_token,
+                               proxy_url=proxy.url if proxy is not None else None)
             plan = plan_build(
                 cli,
                 context_dir,
@@ -241,17 +242,22 @@ def _setup_window(
     from .egress import lockdown
     from .egress.policy import EgressPolicy
     from .egress.proxy import ProxyLimits
+    from .egress.relay import IndexRelay
 
     gateway = bridge_gateway()
     policy = EgressPolicy.from_settings(
         cfg.egress.allow, cfg.egress.allow_http, cfg.egress.allow_cidrs, own_addresses=[gateway]
     )
+    # The seller's index, credentials and all, stays with the proxy (DESIGN.md).
+    relay = (IndexRelay.from_url(cfg.build.pip_index_url, ca_bundle=cfg.build.ca_bundle)
+             if cfg.build.pip_index_url else None)
     limits = ProxyLimits(max_tunnel_seconds=float(cfg.egress.setup_timeout))
     # The proof runs against a deny-all proxy of its own, so that the build's
     # egress log holds only what the build's steps asked for.
     report.stage("proving that build steps reach nothing but bake's proxy")
     proof = lockdown.prove_recent(job.base_from, gateway)
-    proxy = lockdown.start_build_proxy(policy, gateway, log_path=log_path, limits=limits)
+    proxy = lockdown.start_build_proxy(policy, gateway, log_path=log_path, limits=limits,
+                                       relay=relay)
     try:
         if proof.enforced:
             egress = "enforced"
@@ -275,21 +281,35 @@ def _summary(proxy: RunningProxy | None) -> str | None:
     return proxy.stats().one_line()
 
 
-def _secrets(folder: Path, cfg: Settings, job: ResolvedJob, hf_token: str) -> dict[str, Path]:
+def step_pip_config(relay_index_url: str | None, *, ca_bundle: bool) -> str:
+    """The pip config of the build steps.  Pure.
+
+    Steps run buyer code, so it names no seller secret: with ``build.pip_index_url``
+    set, the index is the egress proxy's relay (``relay_index_url``, plain HTTP on
+    the bridge, hence trusted), which adds the credentials itself.
+    """
+    lines = ["[global]"]
+    if relay_index_url:
+        from urllib.parse import urlsplit
+
+        lines.append(f"index-url = {relay_index_url}")
+        lines.append(f"trusted-host = {urlsplit(relay_index_url).netloc}")
+    if ca_bundle:
+        lines.append("cert = /run/secrets/bake_ca")
+    return "\n".join(lines) + "\n"
+
+
+def _secrets(folder: Path, cfg: Settings, job: ResolvedJob, hf_token: str, *,
+             proxy_url: str | None) -> dict[str, Path]:
     """Seller settings for the steps, as BuildKit secrets: in no layer, no history."""
     folder.mkdir(mode=0o700)
-    pip_conf = ["[global]"]
-    index = cfg.build.pip_index_url
-    if index:
-        pip_conf.append(f"index-url = {index}")
-        if index.startswith("http://"):
-            from urllib.parse import urlsplit
+    relay_url = None
+    if cfg.build.pip_index_url and proxy_url is not None:
+        from .egress.relay import INDEX_PATH
 
-            # An http:// mirror was named by the seller: trust it (DESIGN.md).
-            pip_conf.append(f"trusted-host = {urlsplit(index).hostname}")
-    if cfg.build.ca_bundle:
-        pip_conf.append("cert = /run/secrets/bake_ca")
-    secrets = {"bake_pip": _write_secret(folder / "pip.conf", "\n".join(pip_conf) + "\n")}
+        relay_url = proxy_url.rstrip("/") + INDEX_PATH
+    pip_conf = step_pip_config(relay_url, ca_bundle=bool(cfg.build.ca_bundle))
+    secrets = {"bake_pip": _write_secret(folder / "pip.conf", pip_conf)}
     if cfg.build.ca_bundle:
         secrets["bake_ca"] = Path(cfg.build.ca_bundle)
     if job.hub_repos:

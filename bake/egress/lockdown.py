@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from ..settings import Settings
     from .policy import EgressPolicy
     from .proxy import ProxyLimits, RunningProxy
+    from .relay import IndexRelay
 
 __all__ = ["PROXY_PORTS", "Proof", "lock", "prove", "start_build_proxy", "status", "unlock"]
 
@@ -154,14 +155,15 @@ def locked_rules_present() -> bool:
 
 
 def start_build_proxy(policy: EgressPolicy, gateway: str, *, log_path: Path | None,
-                      limits: ProxyLimits) -> RunningProxy:
+                      limits: ProxyLimits, relay: IndexRelay | None = None) -> RunningProxy:
     """Start a proxy on the bridge gateway, on the first free port of :data:`PROXY_PORTS`."""
     from .proxy import start_proxy
 
     last: Exception | None = None
     for port in PROXY_PORTS:
         try:
-            return start_proxy(policy, host=gateway, port=port, log_path=log_path, limits=limits)
+            return start_proxy(policy, host=gateway, port=port, log_path=log_path, limits=limits,
+                               relay=relay)
         except EgressError as exc:
             last = exc
     raise EgressError(
