@@ -65,9 +65,8 @@ def refused_addresses(settings: Settings) -> dict[str, list[str]]:
     documentation range (or through a TLS-intercepting one); the proxy then refuses
     the resolved address unless ``egress.allow_cidrs`` names it.
     """
-    import socket
-
-    from .egress.policy import EgressPolicy
+    from .egress.dns import resolve_absolute
+    from .egress.policy import EgressPolicy, normalize_host
 
     policy = EgressPolicy.from_settings(settings.egress.allow, settings.egress.allow_http,
                                         settings.egress.allow_cidrs)
@@ -76,10 +75,10 @@ def refused_addresses(settings: Settings) -> dict[str, list[str]]:
         if name.startswith("*"):
             continue
         try:
-            infos = socket.getaddrinfo(name, 443, type=socket.SOCK_STREAM)
-        except OSError:
+            # As the proxy resolves it: IDNA 2008, the hosts file, else the absolute name.
+            addresses = sorted(set(resolve_absolute(normalize_host(name), 443)))
+        except (OSError, ValueError):
             continue
-        addresses = sorted({str(info[4][0]) for info in infos})
         bad = [a for a in addresses if not policy.check_address(a).allowed]
         if bad:
             refused[name] = bad

@@ -46,6 +46,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
+from bake.egress.dns import resolve_absolute
 from bake.egress.ledger import EgressLedger, EgressStats
 from bake.egress.policy import Decision, EgressPolicy, Resolver, parse_http_target
 from bake.egress.relay import RELAY_PREFIX, IndexRelay, RelayFailure, exchange
@@ -249,15 +250,8 @@ class _Proxy:
         if self._executor is None:
             self._executor = concurrent.futures.ThreadPoolExecutor(
                 max_workers=8, thread_name_prefix="bake-egress-dns")
-        infos = await self.loop.run_in_executor(
-            self._executor, socket.getaddrinfo, host, port, 0, socket.SOCK_STREAM)
-        addresses: list[str] = []
-        for family, _, _, _, sockaddr in infos:
-            if family in (socket.AF_INET, socket.AF_INET6):
-                address = str(sockaddr[0])
-                if address not in addresses:
-                    addresses.append(address)
-        return addresses
+        # The hosts file, else the absolute name: never a search domain (bake/egress/dns.py).
+        return await self.loop.run_in_executor(self._executor, resolve_absolute, host, port)
 
     def count(self, nbytes: int) -> bool:
         """Charge ``nbytes`` to the budget; False (and every tunnel closed) when spent."""
@@ -489,9 +483,15 @@ class _Proxy:
         if decision.address:
             answers = [decision.address]  # an allow_http origin that names its address
         else:
+            # The absolute name (a trailing dot): the resolver's search domains never
+            # apply, so the name looked up is exactly the name the policy allowed,
+            # not "<name>.<search domain>", which nobody allowed.
+            if not self.policy.allows_lookup(decision.host, decision.port, http=http):
+                raise _Reject(403, "not-allowlisted", decision.host, decision.port)
             try:
                 answers = await asyncio.wait_for(
-                    self.resolver(decision.host, decision.port), self.limits.resolve_timeout)
+                    self.resolver(decision.host + ".", decision.port),
+                    self.limits.resolve_timeout)
             except TimeoutError:
                 raise _Reject(504, "resolve-timeout", decision.host, decision.port) from None
             except (OSError, UnicodeError, ValueError):
@@ -500,8 +500,9 @@ class _Proxy:
             raise _Reject(502, "resolve-failed", decision.host, decision.port)
         # One denied answer denies the name: a mixed answer is what a rebinding
         # attack looks like, and dialing "only the good ones" would hide it.
+        origin = (decision.host, decision.port) if http else None
         for answer in answers:
-            verdict = self.policy.check_address(answer, http_origin=http)
+            verdict = self.policy.check_address(answer, origin=origin)
             if not verdict.allowed:
                 reason = f"{verdict.reason}:{verdict.detail}" if verdict.detail else verdict.reason
                 raise _Reject(403, reason, decision.host, decision.port, verdict.address)
