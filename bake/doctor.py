@@ -53,6 +53,7 @@ def run_checks(*, config: str | None = None) -> list[Check]:
     checks.append(check_buildkit(settings, target=target))
     checks.append(check_base_image(settings, engine_ok=engine.ok, target=target))
     checks.append(check_confinement(settings, engine_ok=engine.ok))
+    checks.append(check_bridge_neighbours(engine_ok=engine.ok))
     checks.append(check_allowlist_addresses(settings))
     checks.append(check_registry(settings))
     return checks
@@ -277,6 +278,21 @@ def check_confinement(settings: Settings, *, engine_ok: bool) -> Check:
         return Check("confinement", True, f"confined: {proof.detail}")
     return Check("confinement", not required, f"rules installed but not effective: {proof.detail}",
                  fix="bake egress unlock && bake egress lock   # as root; then bake egress status")
+
+
+def check_bridge_neighbours(*, engine_ok: bool) -> Check:
+    """The seller's own containers on the default bridge, and what the lock does to them.
+
+    A notice, never a failure: the lock confines the whole bridge (build steps
+    cannot join another network), and the seller decides where their containers go.
+    """
+    from .egress import lockdown
+
+    if not engine_ok:
+        return Check("docker0 containers", True,
+                     "cannot list them: the Docker Engine does not answer")
+    return Check("docker0 containers", True,
+                 lockdown.neighbours_note(locked=lockdown.locked_rules_present()))
 
 
 # -- registry ------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ __all__ = [
     "docker_host",
     "engine_hint",
     "inspect_image",
+    "list_containers",
     "ping",
     "remove_container",
     "start_container",
@@ -214,6 +215,14 @@ def _interface_address(name: str) -> str | None:
 def _fail(what: str, status: int, data: Any) -> EngineError:
     message = data.get("message") if isinstance(data, dict) else None
     return EngineError(f"the Docker Engine could not {what}: {message or f'HTTP {status}'}")
+
+
+def list_containers() -> list[dict[str, Any]]:
+    """Every container on the engine, running or not (``GET /containers/json?all=1``)."""
+    status, data = _get("/containers/json?all=1")
+    if status != 200 or not isinstance(data, list):
+        raise _fail("list containers", status, data)
+    return [c for c in data if isinstance(c, dict)]
 
 
 def create_container(name: str, config: dict[str, Any]) -> str:

@@ -35,7 +35,19 @@ if TYPE_CHECKING:
     from .proxy import ProxyLimits, RunningProxy
     from .relay import IndexRelay
 
-__all__ = ["PROXY_PORTS", "Proof", "lock", "prove", "start_build_proxy", "status", "unlock"]
+__all__ = [
+    "PROXY_PORTS",
+    "Neighbour",
+    "Proof",
+    "bridge_neighbours",
+    "describe_neighbours",
+    "lock",
+    "neighbours_note",
+    "prove",
+    "start_build_proxy",
+    "status",
+    "unlock",
+]
 
 # Build proxies listen on one of these ports of the bridge's gateway address;
 # the lock lets the bridge reach exactly this range on the host.
@@ -64,6 +76,69 @@ def _bridge_name() -> str:
         if name:
             return str(name)
     return "docker0"
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """A container on the default bridge that is not bake's: the lock confines it too."""
+
+    name: str
+    state: str  # "running", "exited", "created", ...
+    image: str = ""
+
+
+# bake's own containers: the egress canary (on the bridge for a second) and the jobs
+# of `bake run` (network none, or a network of their own).
+_BAKE_NAME_PREFIXES = ("bake-canary-", "bake-job-")
+
+
+def bridge_neighbours() -> list[Neighbour]:
+    """The containers attached to the default bridge that are not bake's, by name."""
+    from ..cache.engine import list_containers
+
+    found = []
+    for container in list_containers():
+        networks = ((container.get("NetworkSettings") or {}).get("Networks") or {})
+        mode = str((container.get("HostConfig") or {}).get("NetworkMode") or "")
+        if "bridge" not in networks and mode not in ("bridge", "default"):
+            continue
+        names = [str(n).lstrip("/") for n in container.get("Names") or []]
+        name = names[0] if names else str(container.get("Id", ""))[:12]
+        labels = container.get("Labels") or {}
+        if "bake.job" in labels or name.startswith(_BAKE_NAME_PREFIXES):
+            continue
+        found.append(Neighbour(name, str(container.get("State") or "unknown"),
+                               str(container.get("Image") or "")))
+    return sorted(found, key=lambda n: n.name)
+
+
+def describe_neighbours(neighbours: list[Neighbour], bridge: str, *, locked: bool) -> str:
+    """What the lock does (or would do) to the seller's own containers on the bridge.  Pure."""
+    if not neighbours:
+        return f"no containers on {bridge} but bake's"
+    ports = f"{PROXY_PORTS.start}-{PROXY_PORTS.stop - 1}"
+    listed = ", ".join(
+        n.name if n.state == "running" else f"{n.name} ({n.state}; confined once started)"
+        for n in neighbours)
+    count = f"{len(neighbours)} container{'s' if len(neighbours) > 1 else ''}"
+    verb = "are confined by the lock too" if locked else "would be confined by `bake egress lock`"
+    return (
+        f"{count} on {bridge} that {'are' if len(neighbours) > 1 else 'is'} not bake's {verb}: "
+        f"{listed}. Under the lock they reach only TCP ports {ports} on this host (bake's "
+        "proxies): no internet, no DNS, no other container, no other host port; "
+        "their published ports answer connections from this host only. To keep their "
+        "network, move them to a network of their own (docker network create NET; "
+        "docker network connect NET NAME; docker network disconnect bridge NAME)"
+    )
+
+
+def neighbours_note(*, locked: bool) -> str:
+    """:func:`describe_neighbours` for this engine's bridge; never raises for a broken engine."""
+    try:
+        bridge = _bridge_name()
+        return describe_neighbours(bridge_neighbours(), bridge, locked=locked)
+    except EngineError as exc:
+        return f"cannot list the containers on the default bridge: {exc.message}"
 
 
 def _tables() -> list[str]:
@@ -125,7 +200,8 @@ def lock() -> str:
             if _ipt(table, "-C", parent, "-j", chain, check=False).returncode != 0:
                 _ipt(table, "-I", parent, "1", "-j", chain)
     return (f"locked: containers on {bridge} reach only bake's proxy ports "
-            f"{PROXY_PORTS.start}-{PROXY_PORTS.stop - 1} on the host; nothing is forwarded")
+            f"{PROXY_PORTS.start}-{PROXY_PORTS.stop - 1} on the host; nothing is forwarded\n"
+            + neighbours_note(locked=True))
 
 
 def unlock() -> str:
