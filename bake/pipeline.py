@@ -251,6 +251,8 @@ def _setup_window(
     # The seller's index, credentials and all, stays with the proxy (DESIGN.md).
     relay = (IndexRelay.from_url(cfg.build.pip_index_url, ca_bundle=cfg.build.ca_bundle)
              if cfg.build.pip_index_url else None)
+    if relay is not None:
+        relay.check_allowed(policy)
     limits = ProxyLimits(max_tunnel_seconds=float(cfg.egress.setup_timeout))
     # The proof runs against a deny-all proxy of its own, so that the build's
     # egress log holds only what the build's steps asked for.

@@ -33,9 +33,13 @@ import re
 import zlib
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urljoin, urlsplit
 
 from bake.errors import ConfigError
+
+if TYPE_CHECKING:
+    from bake.egress.policy import EgressPolicy
 
 __all__ = [
     "INDEX_PATH",
@@ -132,6 +136,27 @@ class IndexRelay:
             path += "/"  # pip joins project names onto it as onto a folder
         return cls(parts.scheme, parts.hostname.lower(), port or _DEFAULT_PORTS[parts.scheme],
                    path, authorization, ca_bundle)
+
+    def check_allowed(self, policy: EgressPolicy) -> None:
+        """Refuse, before the build starts, an index the egress settings do not allow.
+
+        The relay obeys the policy like any request; without this the refusal
+        would surface minutes later as pip's "403 Forbidden".
+        """
+        if self.scheme == "https":
+            host = f"[{self.host}]" if ":" in self.host else self.host
+            decision = policy.check_connect(f"{host}:{self.port}")
+            where = f'egress.allow (as "{self.host}"; only port 443)'
+        else:
+            decision = policy.check_http(f"http://{self.authority}/")
+            where = f'egress.allow_http (as "http://{self.authority}")'
+        if not decision.allowed:
+            raise ConfigError(
+                f"the index in build.pip_index_url ({self.origin}) is not allowed by the egress "
+                f"settings ({decision.reason})",
+                field="build.pip_index_url",
+                hint=f"add it to {where}",
+            )
 
     # -- where things are ----------------------------------------------------------------
 

@@ -405,3 +405,40 @@ def test_an_unreadable_ca_bundle_is_an_egress_error(tmp_path: Path, log: Path) -
     relay = IndexRelay.from_url("https://u:p@mirror.test/simple/", ca_bundle=str(bad))
     with pytest.raises(EgressError, match="CA bundle"):
         _relay_proxy(relay, log, allow=["mirror.test"])
+
+
+# --- what the steps get, and a disallowed index refused up front ------------------------------
+
+
+def test_the_steps_pip_config_names_the_relay_and_no_secret() -> None:
+    from bake.pipeline import step_pip_config
+
+    assert step_pip_config("http://172.17.0.1:39100/bake-index/simple/", ca_bundle=True) == (
+        "[global]\n"
+        "index-url = http://172.17.0.1:39100/bake-index/simple/\n"
+        "trusted-host = 172.17.0.1:39100\n"
+        "cert = /run/secrets/bake_ca\n")
+    assert step_pip_config(None, ca_bundle=False) == "[global]\n"
+
+
+@pytest.mark.parametrize(
+    ("url", "allow", "allow_http", "ok"),
+    [
+        ("https://u:p@mirror.test/simple/", ["mirror.test"], [], True),
+        ("https://u:p@mirror.test/simple/", ["pypi.org"], [], False),
+        ("https://u:p@mirror.test:8443/simple/", ["mirror.test"], [], False),  # CONNECT: 443 only
+        ("http://u:p@10.0.0.5:3141/simple/", [], ["http://10.0.0.5:3141"], True),
+        ("http://u:p@10.0.0.5:3141/simple/", [], ["http://10.0.0.5:3142"], False),
+        ("http://u:p@mirror.test/simple/", ["mirror.test"], [], False),  # plain HTTP: allow_http
+    ],
+)
+def test_an_index_the_policy_refuses_is_a_config_error_before_the_build(
+        url: str, allow: list[str], allow_http: list[str], ok: bool) -> None:
+    relay = IndexRelay.from_url(url)
+    pol = EgressPolicy.from_settings(allow, allow_http, [])
+    if ok:
+        relay.check_allowed(pol)
+        return
+    with pytest.raises(ConfigError) as info:
+        relay.check_allowed(pol)
+    assert info.value.field == "build.pip_index_url" and "u:p" not in str(info.value)
