@@ -371,7 +371,8 @@ async def exchange(
     no_body = (method == "HEAD" or response.status in (204, 304)
                or 100 <= response.status < 200)
     media = response.media_type()
-    if not no_body and response.status == 200 and (media in _HTML_TYPES or media in _JSON_TYPES):
+    page_type = (media in _HTML_TYPES or media in _JSON_TYPES) and not _is_file(upstream_path)
+    if not no_body and response.status == 200 and page_type:
         body = await _read_body(response, rest, read)
         if media in _JSON_TYPES:
             page = relay.rewrite_json(body, request_url)
@@ -384,7 +385,7 @@ async def exchange(
         headers.append(("Content-Length", str(len(page))))
         await send(_head_bytes(response, headers) + page)
         return
-    if method == "HEAD" and (media in _HTML_TYPES or media in _JSON_TYPES):
+    if method == "HEAD" and page_type:
         # The page would be rewritten: its upstream length is not the length we send.
         headers = [(n, v) for n, v in headers if n.lower() != "content-length"]
     await send(_head_bytes(response, headers))
@@ -405,6 +406,15 @@ async def exchange(
         await send(data)
         if left == 0:
             return
+
+
+# A distribution or its metadata is never rewritten, whatever type a server gives
+# it: changing its bytes would only break its hash.
+_FILE_SUFFIXES = (".whl", ".tar.gz", ".zip", ".tar.bz2", ".tgz", ".egg", ".exe", ".metadata")
+
+
+def _is_file(upstream_path: str) -> bool:
+    return upstream_path.partition("?")[0].lower().endswith(_FILE_SUFFIXES)
 
 
 async def _read_body(response: _Response, rest: bytes,

@@ -442,3 +442,13 @@ def test_an_index_the_policy_refuses_is_a_config_error_before_the_build(
     with pytest.raises(ConfigError) as info:
         relay.check_allowed(pol)
     assert info.value.field == "build.pip_index_url" and "u:p" not in str(info.value)
+
+
+def test_a_distribution_served_as_html_passes_unchanged(
+        http_mirror: tuple[Mirror, IndexRelay], log: Path) -> None:
+    mirror, relay = http_mirror
+    body = b'<a href="http://%s:%d/x">not a page</a>' % (UPSTREAM_HOST.encode(), mirror.port)
+    mirror.routes["/files/odd-1.0.tar.gz"] = (200, [("Content-Type", "text/html")], body)
+    with _relay_proxy(relay, log, allow_http=[relay.origin]) as proxy:
+        reply = _get(proxy, ORIGIN_PATH + "files/odd-1.0.tar.gz")
+    assert reply.partition(b"\r\n\r\n")[2] == body
