@@ -407,6 +407,10 @@ class _Proxy:
             reason = "proxy-closed"
             client.abort()
             raise
+        except Exception:
+            reason = "proxy-error"  # a bug: handle() logs it
+            client.abort()
+            raise
         finally:
             if writer is not None:
                 writer.transport.abort()
