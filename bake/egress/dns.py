@@ -46,7 +46,7 @@ def resolve_absolute(name: str, port: int) -> list[str]:
 
     Blocking (getaddrinfo); raises :class:`OSError` when the name does not resolve.
     """
-    listed = hosts_file_addresses(name)
+    listed = hosts_file_addresses(name, HOSTS_FILE)
     if listed:
         return listed
     infos = socket.getaddrinfo(name.removesuffix(".") + ".", port, 0, socket.SOCK_STREAM)
