@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +22,8 @@ from .builder.buildkit import find_cli
 from .cache.distribution import split_image
 from .cache.registry import Registry
 from .egress import lockdown
+from .egress.dns import resolve_absolute
+from .egress.policy import normalize_host
 from .engine import Engine
 from .engine.client import DEFAULT_HOST
 from .errors import BakeError, RegistryError
@@ -61,6 +62,7 @@ def run_checks(*, config: str | None = None) -> list[Check]:
     checks.append(check_buildkit(settings, target=target))
     checks.append(check_base_image(settings, engine, engine_ok=engine_check.ok, target=target))
     checks.append(check_confinement(settings, engine, engine_ok=engine_check.ok))
+    checks.append(check_bridge_neighbours(engine, engine_ok=engine_check.ok))
     checks.append(check_allowlist_addresses(settings))
     checks.append(check_registry(settings, engine))
     return checks
@@ -79,10 +81,10 @@ def refused_addresses(settings: Settings) -> dict[str, list[str]]:
         if name.startswith("*"):
             continue
         try:
-            infos = socket.getaddrinfo(name, 443, type=socket.SOCK_STREAM)
-        except OSError:
+            # As the proxy resolves it: IDNA 2008, the hosts file, else the absolute name.
+            addresses = sorted(set(resolve_absolute(normalize_host(name), 443)))
+        except (OSError, ValueError):
             continue
-        addresses = sorted({str(info[4][0]) for info in infos})
         bad = [a for a in addresses if not policy.check_address(a).allowed]
         if bad:
             refused[name] = bad
@@ -284,6 +286,19 @@ def check_confinement(settings: Settings, engine: Engine, *, engine_ok: bool) ->
         return Check("confinement", True, f"confined: {proof.detail}")
     return Check("confinement", not required, f"rules installed but not effective: {proof.detail}",
                  fix="bake egress unlock && bake egress lock   # as root; then bake egress status")
+
+
+def check_bridge_neighbours(engine: Engine, *, engine_ok: bool) -> Check:
+    """The seller's own containers on the default bridge, and what the lock does to them.
+
+    A notice, never a failure: the lock confines the whole bridge (build steps
+    cannot join another network), and the seller decides where their containers go.
+    """
+    if not engine_ok:
+        return Check("docker0 containers", True,
+                     "cannot list them: the Docker Engine does not answer")
+    return Check("docker0 containers", True,
+                 lockdown.neighbours_note(engine, locked=lockdown.locked_rules_present(engine)))
 
 
 # -- registry ------------------------------------------------------------------------------

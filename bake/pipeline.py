@@ -42,6 +42,7 @@ from .cache.store import key_lock, record_use
 from .egress import lockdown
 from .egress.policy import EgressPolicy
 from .egress.proxy import ProxyLimits, RunningProxy
+from .egress.relay import INDEX_PATH, IndexRelay
 from .engine import Engine
 from .errors import (
     BakeError,
@@ -75,6 +76,7 @@ __all__ = [
     "push",
     "render_to",
     "run",
+    "step_pip_config",
 ]
 
 _DEFAULT_HUB = "https://huggingface.co"
@@ -106,6 +108,9 @@ class JobPlan:
     #: What setup steps may reach, with the proxy's own address refused; ``None``: nothing
     #: at all (``docker build --network=none``, no proxy).
     policy: EgressPolicy | None
+    #: The seller's index, credentials and all, which only the proxy holds: steps get a
+    #: relay URL on the proxy in their pip config (``bake_pip``), written once it listens.
+    relay: IndexRelay | None
     enforce: bool  # egress.enforce = "require": refuse to build without proof
     setup_timeout: float
     cli: DockerCLI
@@ -117,17 +122,25 @@ class JobPlan:
     #: The offline check of the baked models and datasets runs after the build.
     self_check: bool
 
-    def write(self, work: Path) -> None:
+    def pip_config(self, proxy_url: str | None) -> str:
+        """The steps' pip config once the proxy listens at ``proxy_url``.  Pure."""
+        relay_url = (proxy_url.rstrip("/") + INDEX_PATH
+                     if self.relay is not None and proxy_url is not None else None)
+        ca = any(s.name == "bake_ca" for s in self.secrets)
+        return step_pip_config(relay_url, ca_bundle=ca)
+
+    def write(self, work: Path, *, proxy_url: str | None) -> None:
         """Write the build context and the secrets into the build's private folder."""
         self.context.write(work / "context")
         folder = work / "secrets"
         folder.mkdir(mode=0o700)
         for secret in self.secrets:
-            if secret.text is None:
+            text = self.pip_config(proxy_url) if secret.name == "bake_pip" else secret.text
+            if text is None:
                 continue
             fd = os.open(folder / secret.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(secret.text)
+                fh.write(text)
 
     def build_plan(self, work: Path, *, proxy_url: str | None,
                    cache_from: Sequence[str]) -> BuildPlan:
@@ -160,6 +173,11 @@ def plan_job(found: Lookup, *, cli: DockerCLI, gateway: str | None,
         if gateway is None:
             raise ValueError("a build that reaches the network needs the bridge's gateway")
         policy = cfg.egress_policy.with_own_addresses([gateway])
+    relay = None
+    if cfg.build.pip_index_url:
+        relay = IndexRelay.from_url(cfg.build.pip_index_url, ca_bundle=cfg.build.ca_bundle)
+        if policy is not None:
+            relay.check_allowed(policy)
     twin = twin_job(job)
     cache = () if no_cache or twin is None else (
         compute_key(twin).image(cfg.image_repository),)
@@ -178,6 +196,7 @@ def plan_job(found: Lookup, *, cli: DockerCLI, gateway: str | None,
         },
         secrets=_secrets(cfg, job),
         policy=policy,
+        relay=relay,
         enforce=cfg.egress.enforce == "require",
         setup_timeout=float(cfg.egress.setup_timeout),
         cli=cli,
@@ -192,18 +211,29 @@ def _context(job: ResolvedJob, cfg: Settings) -> BuildContext:
     return render(job, ca_bundle=bool(cfg.build.ca_bundle), hub_token=bool(cfg.env.hf_token))
 
 
+def step_pip_config(relay_index_url: str | None, *, ca_bundle: bool) -> str:
+    """The pip config of the build steps.  Pure.
+
+    Steps run buyer code, so it names no seller secret: with ``build.pip_index_url``
+    set, the index is the egress proxy's relay (``relay_index_url``, plain HTTP on
+    the bridge, hence trusted), which adds the credentials itself.
+    """
+    lines = ["[global]"]
+    if relay_index_url:
+        lines.append(f"index-url = {relay_index_url}")
+        lines.append(f"trusted-host = {urlsplit(relay_index_url).netloc}")
+    if ca_bundle:
+        lines.append("cert = /run/secrets/bake_ca")
+    return "\n".join(lines) + "\n"
+
+
 def _secrets(cfg: Settings, job: ResolvedJob) -> tuple[Secret, ...]:
-    """Seller settings for the steps, as BuildKit secrets: in no layer, no history."""
-    pip_conf = ["[global]"]
-    index = cfg.build.pip_index_url
-    if index:
-        pip_conf.append(f"index-url = {index}")
-        if index.startswith("http://"):
-            # An http:// mirror was named by the seller: trust it (DESIGN.md).
-            pip_conf.append(f"trusted-host = {urlsplit(index).hostname}")
-    if cfg.build.ca_bundle:
-        pip_conf.append("cert = /run/secrets/bake_ca")
-    secrets = [Secret("bake_pip", text="\n".join(pip_conf) + "\n")]
+    """Seller settings for the steps, as BuildKit secrets: in no layer, no history.
+
+    ``bake_pip`` (the steps' pip config) is written once the proxy listens: it names
+    the proxy's relay of the seller's index (:meth:`JobPlan.pip_config`).
+    """
+    secrets = [Secret("bake_pip")]
     if cfg.build.ca_bundle:
         secrets.append(Secret("bake_ca", path=Path(cfg.build.ca_bundle)))
     if job.hub_repos:
@@ -323,8 +353,8 @@ def execute(plan: JobPlan, engine: Engine, registry: Registry | None,
     with tempfile.TemporaryDirectory(prefix="bake-build-") as tmp:
         work = Path(tmp)
         os.chmod(work, 0o700)
-        plan.write(work)
         with _setup_window(plan, engine, log_path, report) as (proxy, egress):
+            plan.write(work, proxy_url=proxy.url if proxy else None)
             build_plan = plan.build_plan(work, proxy_url=proxy.url if proxy else None,
                                          cache_from=cache_from)
             report.stage(f"building {plan.key.short} with {plan.cli.describe()}")
@@ -385,8 +415,8 @@ def _setup_window(plan: JobPlan, engine: Engine, log_path: Path,
         egress = "advisory"
         report.warn(f"egress is advisory: {proof.detail}; `bake egress lock` confines it")
     limits = ProxyLimits(max_tunnel_seconds=plan.setup_timeout)
-    with lockdown.start_build_proxy(plan.policy, gateway, log_path=log_path,
-                                    limits=limits) as proxy:
+    with lockdown.start_build_proxy(plan.policy, gateway, log_path=log_path, limits=limits,
+                                    relay=plan.relay) as proxy:
         yield proxy, egress
 
 

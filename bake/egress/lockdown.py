@@ -33,8 +33,21 @@ from ..errors import BakeError, EgressError, EngineError, UsageError
 from ..state import state_dir
 from .policy import EgressPolicy
 from .proxy import ProxyLimits, RunningProxy, start_proxy
+from .relay import IndexRelay
 
-__all__ = ["PROXY_PORTS", "Proof", "lock", "prove", "start_build_proxy", "status", "unlock"]
+__all__ = [
+    "PROXY_PORTS",
+    "Neighbour",
+    "Proof",
+    "bridge_neighbours",
+    "describe_neighbours",
+    "lock",
+    "neighbours_note",
+    "prove",
+    "start_build_proxy",
+    "status",
+    "unlock",
+]
 
 # Build proxies listen on one of these ports of the bridge's gateway address;
 # the lock lets the bridge reach exactly this range on the host.
@@ -52,6 +65,67 @@ class Proof:
 
     def to_json(self) -> dict[str, Any]:
         return {"enforced": self.enforced, "detail": self.detail, "checks": self.checks}
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """A container on the default bridge that is not bake's: the lock confines it too."""
+
+    name: str
+    state: str  # "running", "exited", "created", ...
+    image: str = ""
+
+
+# bake's own containers: the egress canary (on the bridge for a second) and the jobs
+# of `bake run` (network none, or a network of their own).
+_BAKE_NAME_PREFIXES = ("bake-canary-", "bake-job-")
+
+
+def bridge_neighbours(engine: Engine) -> list[Neighbour]:
+    """The containers attached to the default bridge that are not bake's, by name."""
+    found = []
+    for container in engine.containers(all=True):
+        networks = ((container.get("NetworkSettings") or {}).get("Networks") or {})
+        mode = str((container.get("HostConfig") or {}).get("NetworkMode") or "")
+        if "bridge" not in networks and mode not in ("bridge", "default"):
+            continue
+        names = [str(n).lstrip("/") for n in container.get("Names") or []]
+        name = names[0] if names else str(container.get("Id", ""))[:12]
+        labels = container.get("Labels") or {}
+        if "bake.job" in labels or name.startswith(_BAKE_NAME_PREFIXES):
+            continue
+        found.append(Neighbour(name, str(container.get("State") or "unknown"),
+                               str(container.get("Image") or "")))
+    return sorted(found, key=lambda n: n.name)
+
+
+def describe_neighbours(neighbours: list[Neighbour], bridge: str, *, locked: bool) -> str:
+    """What the lock does (or would do) to the seller's own containers on the bridge.  Pure."""
+    if not neighbours:
+        return f"no containers on {bridge} but bake's"
+    ports = f"{PROXY_PORTS.start}-{PROXY_PORTS.stop - 1}"
+    listed = ", ".join(
+        n.name if n.state == "running" else f"{n.name} ({n.state}; confined once started)"
+        for n in neighbours)
+    count = f"{len(neighbours)} container{'s' if len(neighbours) > 1 else ''}"
+    verb = "are confined by the lock too" if locked else "would be confined by `bake egress lock`"
+    return (
+        f"{count} on {bridge} that {'are' if len(neighbours) > 1 else 'is'} not bake's {verb}: "
+        f"{listed}. Under the lock they reach only TCP ports {ports} on this host (bake's "
+        "proxies): no internet, no DNS, no other container, no other host port; "
+        "their published ports answer connections from this host only. To keep their "
+        "network, move them to a network of their own (docker network create NET; "
+        "docker network connect NET NAME; docker network disconnect bridge NAME)"
+    )
+
+
+def neighbours_note(engine: Engine, *, locked: bool) -> str:
+    """:func:`describe_neighbours` for this engine's bridge; never raises for a broken engine."""
+    try:
+        bridge = engine.bridge_name()
+        return describe_neighbours(bridge_neighbours(engine), bridge, locked=locked)
+    except EngineError as exc:
+        return f"cannot list the containers on the default bridge: {exc.message}"
 
 
 def _tables() -> list[str]:
@@ -116,7 +190,8 @@ def lock(engine: Engine) -> str:
             if _ipt(table, "-C", parent, "-j", chain, check=False).returncode != 0:
                 _ipt(table, "-I", parent, "1", "-j", chain)
     return (f"locked: containers on {bridge} reach only bake's proxy ports "
-            f"{PROXY_PORTS.start}-{PROXY_PORTS.stop - 1} on the host; nothing is forwarded")
+            f"{PROXY_PORTS.start}-{PROXY_PORTS.stop - 1} on the host; nothing is forwarded\n"
+            + neighbours_note(engine, locked=True))
 
 
 def unlock() -> str:
@@ -146,12 +221,13 @@ def locked_rules_present(engine: Engine) -> bool:
 
 
 def start_build_proxy(policy: EgressPolicy, gateway: str, *, log_path: Path | None,
-                      limits: ProxyLimits) -> RunningProxy:
+                      limits: ProxyLimits, relay: IndexRelay | None = None) -> RunningProxy:
     """Start a proxy on the bridge gateway, on the first free port of :data:`PROXY_PORTS`."""
     last: Exception | None = None
     for port in PROXY_PORTS:
         try:
-            return start_proxy(policy, host=gateway, port=port, log_path=log_path, limits=limits)
+            return start_proxy(policy, host=gateway, port=port, log_path=log_path, limits=limits,
+                               relay=relay)
         except EgressError as exc:
             last = exc
     raise EgressError(

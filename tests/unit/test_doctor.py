@@ -18,8 +18,8 @@ from bake.doctor import Check, run_checks
 from bake.engine import Engine
 from bake.settings import HostEnv
 
-NAMES = ["config", "environment", "engine", "buildkit", "base image", "confinement", "allowlist",
-         "registry"]
+NAMES = ["config", "environment", "engine", "buildkit", "base image", "confinement",
+         "docker0 containers", "allowlist", "registry"]
 
 
 def by_name(checks: list[Check]) -> dict[str, Check]:
@@ -188,3 +188,60 @@ def test_the_cli_exits_1_and_prints_the_fixes(tmp_path: Path) -> None:
     assert proc.returncode == 1
     data = json.loads(proc.stdout)
     assert [c["name"] for c in data] == NAMES
+
+
+# -- the seller's own containers on docker0 (issue 13, item 2) -------------------------------
+
+
+def test_neighbours_are_the_bridge_containers_that_are_not_bakes() -> None:
+    from bake.egress import lockdown
+
+    def container(name: str, *, networks: tuple[str, ...] = ("bridge",), mode: str = "default",
+                  state: str = "running",
+                  labels: dict[str, str] | None = None) -> dict[str, object]:
+        return {"Names": [f"/{name}"], "State": state, "Image": "nginx", "Labels": labels or {},
+                "HostConfig": {"NetworkMode": mode},
+                "NetworkSettings": {"Networks": {n: {} for n in networks}}}
+
+    listing = [
+        container("web"),
+        container("db", state="exited"),
+        container("on-bridge-by-mode", networks=(), mode="bridge", state="created"),
+        container("elsewhere", networks=("seller-net",), mode="seller-net"),
+        container("offline", networks=("none",), mode="none"),
+        container("bake-canary-0123456789abcdef"),
+        container("bake-job-0123456789abcdef", networks=("none",), mode="none"),
+        container("renamed-job", labels={"bake.job": "k"}),
+    ]
+    class Listing(Engine):
+        def containers(self, *, label: str | None = None,
+                       all: bool = True) -> list[dict[str, object]]:
+            return listing  # type: ignore[return-value]
+
+    assert lockdown.bridge_neighbours(Listing()) == [
+        lockdown.Neighbour("db", "exited", "nginx"),
+        lockdown.Neighbour("on-bridge-by-mode", "created", "nginx"),
+        lockdown.Neighbour("web", "running", "nginx"),
+    ]
+
+
+def test_what_the_lock_does_to_neighbours_is_said_plainly() -> None:
+    from bake.egress.lockdown import Neighbour, describe_neighbours
+
+    assert describe_neighbours([], "docker0", locked=True) == "no containers on docker0 but bake's"
+    two = [Neighbour("db", "exited"), Neighbour("web", "running")]
+    text = describe_neighbours(two, "docker0", locked=True)
+    assert text.startswith("2 containers on docker0 that are not bake's are confined by the lock "
+                           "too: db (exited; confined once started), web.")
+    assert "reach only TCP ports 39100-39163 on this host" in text
+    assert "no internet, no DNS, no other container, no other host port" in text
+    assert "published ports answer connections from this host only" in text
+    assert "docker network connect NET NAME" in text
+    one = describe_neighbours([Neighbour("web", "running")], "docker0", locked=False)
+    assert one.startswith("1 container on docker0 that is not bake's would be confined by "
+                          "`bake egress lock`: web.")
+
+
+def test_the_neighbours_check_is_a_notice_even_without_an_engine() -> None:
+    check = by_name(run_checks())["docker0 containers"]
+    assert check.ok and "does not answer" in check.detail

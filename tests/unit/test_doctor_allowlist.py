@@ -15,6 +15,9 @@ def dns(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
     answers: dict[str, list[str]] = {}
 
     def fake(host: str, port: int, *args: object, **kw: object) -> list[tuple[object, ...]]:
+        # doctor asks as the proxy does: the absolute name, so no search domain applies.
+        assert host.endswith("."), host
+        host = host.removesuffix(".")
         if host not in answers:
             raise socket.gaierror(socket.EAI_NONAME, "not known")
         return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in answers[host]]
