@@ -338,6 +338,16 @@ def load_settings(
     return settings
 
 
+def _masked(url: str) -> str:
+    """A URL for a message: whatever could be a credential (userinfo) is not shown."""
+    scheme, sep, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    if "@" in authority:
+        authority = "***@" + authority.rpartition("@")[2]
+    return f"{scheme}{sep}{authority}{slash}{path}" if sep else (
+        "***@" + url.rpartition("@")[2] if "@" in url else url)
+
+
 def _section(name: str, source: str) -> type[Any]:
     cls = _SECTIONS.get(name)
     if cls is None:
@@ -422,7 +432,8 @@ def _check(settings: Settings) -> None:
             c.isspace() for c in url
         ):
             raise ConfigError(
-                f"must be an http:// or https:// URL, not {url!r}", field=name, source=src(name)
+                f"must be an http:// or https:// URL, not {_masked(url)!r}", field=name,
+                source=src(name)
             )
     for name, folders in (("build.templates", settings.build.templates),):
         for folder in folders:

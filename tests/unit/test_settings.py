@@ -143,3 +143,13 @@ def test_a_docker_context_that_does_not_exist_is_exit_2(tmp_path: Path) -> None:
         load_settings(None, environ={"DOCKER_CONFIG": str(tmp_path), "DOCKER_CONTEXT": "nope"})
     assert caught.value.field == "DOCKER_CONTEXT"
     assert load_settings(None, environ={"DOCKER_CONTEXT": "default"}).env.docker_host == ""
+
+
+@pytest.mark.parametrize("url", ["htp://mirroruser:S3CRET@mirror.example/simple",
+                                 "mirroruser:S3CRET@mirror.example/simple",
+                                 "http://mirroruser:S3CRET@mirror.example/simple with space"])
+def test_a_bad_index_url_is_refused_without_showing_its_credentials(url: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, environ={"BAKE_BUILD_PIP_INDEX_URL": url})
+    assert "S3CRET" not in str(caught.value) and "mirroruser" not in str(caught.value)
+    assert caught.value.field == "build.pip_index_url" and "***@mirror.example" in str(caught.value)
