@@ -8,7 +8,8 @@ The Python API (for a seller's agent)::
     image_key = bake.key("jobs/sst2")                # -> ImageKey
 
 Every failure is a :class:`bake.BakeError` (see :mod:`bake.errors`).  Nothing
-here prints or exits.  Heavy modules load on first use, so ``import bake`` is cheap.
+here prints or exits.  The pipeline loads on first use of its verbs, so that
+``import bake`` (and the fast path's ``import bake.fast``) stays cheap.
 """
 
 from __future__ import annotations
@@ -73,6 +74,6 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'bake' has no attribute {name!r}")
-    import importlib
+    import importlib  # noqa: PLC0415 - the lazy door of the public API
 
     return getattr(importlib.import_module(f"bake.{module}"), name)

@@ -7,6 +7,7 @@ local variables: tokens live there).
 
 from __future__ import annotations
 
+import json as jsonlib
 import signal
 import sys
 from pathlib import Path
@@ -14,8 +15,17 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from . import __version__
+from . import __version__, console, pipeline
+from .builder.base import build_base
+from .cache import images as image_store
+from .doctor import run_checks
+from .egress import lockdown
+from .egress.proxy import serve_forever
+from .engine import Engine
 from .errors import BakeError, Interrupted, RunError, UsageError
+from .settings import Settings, load_settings
+from .templates import find_template
+from .units import parse_duration, parse_size
 
 app = typer.Typer(
     name="bake",
@@ -61,11 +71,12 @@ def _root(
     state.debug = debug
 
 
-def _settings(**overrides: Any) -> Any:
-    from .settings import load_settings
+def _settings() -> Settings:
+    return load_settings(state.config)
 
-    return load_settings(state.config, overrides={k: v for k, v in overrides.items()
-                                                  if v is not None})
+
+def _engine(settings: Settings) -> Engine:
+    return Engine.from_settings(settings)
 
 
 @app.command()
@@ -79,12 +90,9 @@ def build(
     = False,
 ) -> None:
     """Bake SPEC into an image: a key hit, a registry pull, or one BuildKit build."""
-    from . import console
-    from .pipeline import build as do_build
-
     with console.ConsoleReporter() as reporter:
-        result = do_build(spec, settings=_settings(), push=push, no_cache=no_cache,
-                          reporter=reporter)
+        result = pipeline.build(spec, settings=_settings(), push=push, no_cache=no_cache,
+                                reporter=reporter)
     if json:
         console.json_line(result.to_json())
     else:
@@ -107,16 +115,13 @@ def run(
 
     Arguments after `--` go to the job's command.
     """
-    from . import console
-    from .pipeline import run as do_run
-
     try:
         with console.ConsoleReporter(quiet=False) as reporter:
-            result = do_run(target, args=list(ctx.args), output=output, nodes=nodes,
-                            settings=_settings(), reporter=reporter,
-                            # with --json, stdout holds bake's one JSON object: the job's
-                            # own stdout goes to stderr
-                            stdout=sys.stderr.buffer if json else None)
+            result = pipeline.run(target, args=list(ctx.args), output=output, nodes=nodes,
+                                  settings=_settings(), reporter=reporter,
+                                  # with --json, stdout holds bake's one JSON object: the
+                                  # job's own stdout goes to stderr
+                                  stdout=sys.stderr.buffer if json else None)
     except Interrupted:
         raise
     except BakeError as exc:
@@ -139,11 +144,7 @@ def key(
     explain: Annotated[bool, typer.Option("--explain", help="Print the manifest too.")] = False,
 ) -> None:
     """Print the image key of SPEC (and, with --explain, the manifest it hashes)."""
-    import json as jsonlib
-
-    from .pipeline import key as do_key
-
-    image_key = do_key(spec, settings=_settings())
+    image_key = pipeline.key(spec, settings=_settings())
     print(image_key.digest)
     if explain:
         print(jsonlib.dumps(image_key.manifest, indent=2, sort_keys=True))
@@ -155,10 +156,7 @@ def render(
     out: Annotated[Path, typer.Option("-o", "--out", help="An empty or new folder.")],
 ) -> None:
     """Write the Dockerfile and the exact build context of SPEC into a folder."""
-    from . import console
-    from .pipeline import render_to
-
-    folder = render_to(spec, out, settings=_settings())
+    folder = pipeline.render_to(spec, out, settings=_settings())
     console.done(f"rendered into {folder}")
 
 
@@ -172,11 +170,8 @@ def prebake(
     json: JsonOpt = False,
 ) -> None:
     """Bake the variants each template declares (CI runs this)."""
-    from . import console
-    from .prebake import prebake as do_prebake
-
     with console.ConsoleReporter() as reporter:
-        outcomes = do_prebake(templates or [], settings=_settings(), push=push, base=base,
+        outcomes = pipeline.prebake(templates or [], settings=_settings(), push=push, base=base,
                               reporter=reporter)
     if json:
         console.json_line([o.to_json() for o in outcomes])
@@ -190,32 +185,24 @@ def prebake(
 @app.command()
 def pull(spec: SpecArg) -> None:
     """Fetch the image of SPEC from the registry by key, without building."""
-    from . import console
-    from .cache.registry import pull_spec
-
     with console.ConsoleReporter() as reporter:
-        image = pull_spec(spec, settings=_settings(), reporter=reporter)
+        image = pipeline.pull(spec, settings=_settings(), reporter=reporter)
     console.done(f"pulled {image}")
 
 
 @app.command()
 def push(spec: SpecArg) -> None:
     """Publish the image of SPEC to the registry."""
-    from . import console
-    from .cache.registry import push_spec
-
     with console.ConsoleReporter() as reporter:
-        image = push_spec(spec, settings=_settings(), reporter=reporter)
+        image = pipeline.push(spec, settings=_settings(), reporter=reporter)
     console.done(f"pushed {image}")
 
 
 @app.command()
 def images(json: JsonOpt = False) -> None:
     """List baked images."""
-    from . import console
-    from .cache.images import list_images
-
-    found = list_images(settings=_settings())
+    cfg = _settings()
+    found = image_store.list_images(_engine(cfg), cfg.image_repository)
     if json:
         console.json_line([i.to_json() for i in found])
     else:
@@ -234,10 +221,11 @@ def prune(
     json: JsonOpt = False,
 ) -> None:
     """Remove the least recently used baked images; never one in use."""
-    from . import console
-    from .cache.images import prune as do_prune
-
-    report = do_prune(settings=_settings(), older_than=older_than, keep_size=keep_size)
+    age = _option(parse_duration, older_than, "--older-than")
+    budget = _option(parse_size, keep_size, "--keep-size")
+    cfg = _settings()
+    report = image_store.prune(_engine(cfg), cfg.image_repository,
+                               older_than=age, keep_size=None if budget is None else int(budget))
     if json:
         console.json_line(report.to_json())
     else:
@@ -247,18 +235,12 @@ def prune(
 @egress_app.command("lock")
 def egress_lock() -> None:
     """Install firewall rules: build steps reach only bake's proxy (root)."""
-    from . import console
-    from .egress import lockdown
-
-    console.done(lockdown.lock())
+    console.done(lockdown.lock(_engine(_settings())))
 
 
 @egress_app.command("unlock")
 def egress_unlock() -> None:
     """Remove exactly the rules that `bake egress lock` added."""
-    from . import console
-    from .egress import lockdown
-
     console.done(lockdown.unlock())
 
 
@@ -269,10 +251,9 @@ def egress_status(
     json: JsonOpt = False,
 ) -> None:
     """Prove the confinement with a canary: direct connections fail, the proxy answers."""
-    from . import console
-    from .egress import lockdown
-
-    proof = lockdown.status(image=image, settings=_settings())
+    cfg = _settings()
+    canary = image or find_template("python", cfg.build.templates).default_base
+    proof = lockdown.status(_engine(cfg), canary)
     if json:
         console.json_line(proof.to_json())
     elif proof.enforced:
@@ -290,16 +271,10 @@ def proxy(
     = None,
 ) -> None:
     """Run the egress proxy alone, for debugging and benchmarks."""
-    from . import console
-    from .egress.policy import EgressPolicy
-    from .egress.proxy import serve_forever
-
     host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit():
         raise UsageError(f"--listen {listen!r} is not HOST:PORT")
-    cfg = _settings()
-    policy = EgressPolicy.from_settings(cfg.egress.allow, cfg.egress.allow_http,
-                                        cfg.egress.allow_cidrs)
+    policy = _settings().egress_policy
     console.note(f"proxy on {host}:{port}; Ctrl-C stops it", style="blue")
     serve_forever(policy, host=host.strip("[]"), port=int(port), log_path=log)
 
@@ -310,20 +285,14 @@ def base_build(
     tag: Annotated[str | None, typer.Option("--tag", help="Image tag.")] = None,
 ) -> None:
     """Make a Python base image from Debian packages (mmdebstrap, docker import)."""
-    from . import console
-    from .builder.base import build_base
-
     with console.ConsoleReporter() as reporter:
-        image = build_base(suite=suite, tag=tag, reporter=reporter)
+        image = build_base(_engine(_settings()), suite=suite, tag=tag, reporter=reporter)
     console.done(f"base image {image}")
 
 
 @app.command()
 def doctor(json: JsonOpt = False) -> None:
     """Check the engine, BuildKit CLI, confinement, registry and base image."""
-    from . import console
-    from .doctor import run_checks
-
     checks = run_checks(config=state.config)
     if json:
         console.json_line([c.to_json() for c in checks])
@@ -346,9 +315,17 @@ def _on_signal(signum: int, frame: Any) -> NoReturn:
     raise KeyboardInterrupt
 
 
-def _interrupted() -> NoReturn:
-    from . import console
+def _option(parse: Any, value: str | None, option: str) -> float | None:
+    """A size or duration option through the one grammar (:mod:`bake.units`)."""
+    if value is None:
+        return None
+    try:
+        return float(parse(value))
+    except ValueError as exc:
+        raise UsageError(f"{option}: {exc}") from None
 
+
+def _interrupted() -> NoReturn:
     exc = Interrupted(_signals[0] if _signals else signal.SIGINT)
     console.error(exc)
     sys.exit(exc.exit_code)
@@ -356,8 +333,6 @@ def _interrupted() -> NoReturn:
 
 def main(argv: list[str] | None = None) -> NoReturn:
     """Entry point: run the app, map errors to exit codes."""
-    from . import console
-
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     _signals.clear()
@@ -374,14 +349,16 @@ def main(argv: list[str] | None = None) -> NoReturn:
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, typer.Abort):
         _interrupted()
-    except Exception as exc:  # noqa: BLE001
-        import click
-
+    except typer.TyperException as exc:
+        # typer's own (vendored click) errors: an unknown command or option, a missing
+        # argument.  They print the usage line and carry their exit code (2).
         if _signals:
             _interrupted()
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(2 if isinstance(exc, click.exceptions.UsageError) else 1)
+        exc.show()  # type: ignore[attr-defined]
+        sys.exit(int(getattr(exc, "exit_code", 2)))
+    except Exception as exc:  # noqa: BLE001
+        if _signals:
+            _interrupted()
         if debug:
             console.err.print_exception(show_locals=False)
         console.unexpected(exc)

@@ -8,6 +8,7 @@ read well.  Job output is not ours to decorate: ``bake run`` passes it through.
 from __future__ import annotations
 
 import collections
+import json
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -87,8 +88,6 @@ def done(text: str) -> None:
 
 
 def json_line(data: Mapping[str, Any] | Sequence[Any]) -> None:
-    import json
-
     sys.stdout.write(json.dumps(data, sort_keys=True) + "\n")
     sys.stdout.flush()
 

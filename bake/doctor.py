@@ -18,12 +18,20 @@ import shutil
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import BakeError
-from .settings import Settings, config_path, load_settings
+from .builder.buildkit import find_cli
+from .cache.distribution import split_image
+from .cache.registry import Registry
+from .egress import lockdown
+from .egress.dns import resolve_absolute
+from .egress.policy import normalize_host
+from .engine import Engine
+from .engine.client import DEFAULT_HOST
+from .errors import BakeError, RegistryError
+from .settings import HostEnv, Settings, config_path, load_settings
+from .templates import find_template
 
 __all__ = ["Check", "run_checks"]
 
-_DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 
 
 @dataclass(frozen=True)
@@ -47,14 +55,16 @@ class Check:
 def run_checks(*, config: str | None = None) -> list[Check]:
     """Every check, in reading order; never raises for a broken host."""
     settings, config_check, target = check_config(config)
-    checks = [config_check]
-    engine = check_engine()
-    checks.append(engine)
+    checks = [config_check, check_environment(settings.env)]
+    engine = Engine.from_settings(settings)
+    engine_check = check_engine(engine, settings.env)
+    checks.append(engine_check)
     checks.append(check_buildkit(settings, target=target))
-    checks.append(check_base_image(settings, engine_ok=engine.ok, target=target))
-    checks.append(check_confinement(settings, engine_ok=engine.ok))
+    checks.append(check_base_image(settings, engine, engine_ok=engine_check.ok, target=target))
+    checks.append(check_confinement(settings, engine, engine_ok=engine_check.ok))
+    checks.append(check_bridge_neighbours(engine, engine_ok=engine_check.ok))
     checks.append(check_allowlist_addresses(settings))
-    checks.append(check_registry(settings))
+    checks.append(check_registry(settings, engine))
     return checks
 
 
@@ -65,21 +75,16 @@ def refused_addresses(settings: Settings) -> dict[str, list[str]]:
     documentation range (or through a TLS-intercepting one); the proxy then refuses
     the resolved address unless ``egress.allow_cidrs`` names it.
     """
-    import socket
-
-    from .egress.policy import EgressPolicy
-
-    policy = EgressPolicy.from_settings(settings.egress.allow, settings.egress.allow_http,
-                                        settings.egress.allow_cidrs)
+    policy = settings.egress_policy
     refused: dict[str, list[str]] = {}
     for name in settings.egress.allow:
         if name.startswith("*"):
             continue
         try:
-            infos = socket.getaddrinfo(name, 443, type=socket.SOCK_STREAM)
-        except OSError:
+            # As the proxy resolves it: IDNA 2008, the hosts file, else the absolute name.
+            addresses = sorted(set(resolve_absolute(normalize_host(name), 443)))
+        except (OSError, ValueError):
             continue
-        addresses = sorted({str(info[4][0]) for info in infos})
         bad = [a for a in addresses if not policy.check_address(a).allowed]
         if bad:
             refused[name] = bad
@@ -139,10 +144,24 @@ def check_config(config: str | None) -> tuple[Settings, Check, str]:
 # -- Docker Engine ---------------------------------------------------------------------------
 
 
-def engine_fix() -> str:
+def check_environment(env: HostEnv) -> Check:
+    """The seller's environment variables bake reads, and which one gave each (never a token)."""
+    shown = []
+    for name, source in sorted(env.sources.items()):
+        if source == "unset":
+            continue
+        value = getattr(env, name)
+        text = "(set, not shown)" if name == "hf_token" else str(value)
+        shown.append(f"{name} = {text} from {source}")
+    detail = "; ".join(shown) if shown else "none of HF_TOKEN, HF_ENDPOINT, DOCKER_HOST, " \
+        "DOCKER_TLS_VERIFY, DOCKER_CERT_PATH, DOCKER_CONFIG is set"
+    return Check("environment", True, detail, extra=tuple(sorted(env.sources.items())))
+
+
+def engine_fix(env: HostEnv) -> str:
     """The command that gets an Engine answering, for this host's situation."""
-    host = os.environ.get("DOCKER_HOST", "")
-    if host and host != _DEFAULT_SOCKET:
+    host = env.docker_host
+    if host and host != DEFAULT_HOST:
         return (f"unset DOCKER_HOST   # it points at {host}, where no Docker Engine answers; "
                 "or start the engine there")
     if shutil.which("dockerd") is None:
@@ -151,20 +170,14 @@ def engine_fix() -> str:
     return "dockerd > /var/log/dockerd.log 2>&1 &   # as root; or: systemctl start docker"
 
 
-def check_engine() -> Check:
-    from .cache import engine
-
+def check_engine(engine: Engine, env: HostEnv) -> Check:
     try:
-        status, data = engine._get("/version", timeout=5.0)
+        data = engine.version()
     except BakeError as exc:
-        return Check("engine", False, exc.message, fix=engine_fix())
-    if status != 200 or not isinstance(data, dict):
-        return Check("engine", False,
-                     f"the Docker Engine at {engine.docker_host()} answered HTTP {status} to "
-                     "/version", fix=engine_fix())
+        return Check("engine", False, exc.message, fix=engine_fix(env))
     version = str(data.get("Version", "?"))
     api = str(data.get("ApiVersion", "?"))
-    detail = f"Docker Engine {version} (API {api}) at {engine.docker_host()}"
+    detail = f"Docker Engine {version} (API {api}) at {engine.address.describe()}"
     if _version_tuple(api) < (1, 41):
         return Check("engine", False, detail + "; bake needs API 1.41 (Engine 20.10) or newer",
                      fix="apt-get install -y docker.io   # Debian's Engine 20.10 or newer")
@@ -184,16 +197,14 @@ def _version_tuple(text: str) -> tuple[int, ...]:
 
 
 def check_buildkit(settings: Settings, *, target: str) -> Check:
-    from .builder.buildkit import find_cli
-
     configured = settings.build.docker_cli
     try:
-        cli = find_cli(configured)
+        cli = find_cli(configured, settings.env.docker_config)
     except BakeError as exc:
         if configured:
             # Would bake find one by itself?  Then the setting is what is wrong.
             try:
-                auto = find_cli("")
+                auto = find_cli("", settings.env.docker_config)
             except BakeError:
                 auto = None
             if auto is not None:
@@ -209,10 +220,8 @@ def check_buildkit(settings: Settings, *, target: str) -> Check:
 # -- base image ------------------------------------------------------------------------------
 
 
-def check_base_image(settings: Settings, *, engine_ok: bool, target: str) -> Check:
-    from .builder.templates import find_template
-    from .cache.engine import inspect_image
-
+def check_base_image(settings: Settings, engine: Engine, *, engine_ok: bool,
+                     target: str) -> Check:
     try:
         base = find_template("python", settings.build.templates).default_base
     except BakeError as exc:
@@ -228,11 +237,11 @@ def check_base_image(settings: Settings, *, engine_ok: bool, target: str) -> Che
         )
     if not engine_ok:
         return Check("base image", False, f"cannot look for {base}: the Docker Engine does not "
-                     "answer", fix=engine_fix())
+                     "answer", fix=engine_fix(settings.env))
     try:
-        info = inspect_image(base)
+        info = engine.inspect_image(base)
     except BakeError as exc:
-        return Check("base image", False, exc.message, fix=engine_fix())
+        return Check("base image", False, exc.message, fix=engine_fix(settings.env))
     if info is None:
         return Check(
             "base image", False,
@@ -248,9 +257,7 @@ def check_base_image(settings: Settings, *, engine_ok: bool, target: str) -> Che
 # -- confinement -----------------------------------------------------------------------------
 
 
-def check_confinement(settings: Settings, *, engine_ok: bool) -> Check:
-    from .egress import lockdown
-
+def check_confinement(settings: Settings, engine: Engine, *, engine_ok: bool) -> Check:
     required = settings.egress.enforce == "require"
     if not settings.egress.allow and not settings.egress.allow_http:
         return Check("confinement", True, "egress.allow is empty: setup steps run with "
@@ -258,8 +265,8 @@ def check_confinement(settings: Settings, *, engine_ok: bool) -> Check:
     if not engine_ok:
         return Check("confinement", not required,
                      "cannot check: the Docker Engine does not answer",
-                     fix=engine_fix() if required else "")
-    if not lockdown.locked_rules_present():
+                     fix=engine_fix(settings.env) if required else "")
+    if not lockdown.locked_rules_present(engine):
         detail = "bake's firewall rules are not installed: setup steps can reach any address"
         if required:
             return Check("confinement", False,
@@ -269,7 +276,8 @@ def check_confinement(settings: Settings, *, engine_ok: bool) -> Check:
                      detail + " (egress.enforce = \"warn\": builds run with advisory egress; "
                      "`bake egress lock` as root confines them)")
     try:
-        proof = lockdown.status(image=None, settings=settings)
+        canary = find_template("python", settings.build.templates).default_base
+        proof = lockdown.status(engine, canary)
     except BakeError as exc:
         # The rules are in place but the canary could not run (no base image, no python3).
         return Check("confinement", True,
@@ -280,6 +288,19 @@ def check_confinement(settings: Settings, *, engine_ok: bool) -> Check:
                  fix="bake egress unlock && bake egress lock   # as root; then bake egress status")
 
 
+def check_bridge_neighbours(engine: Engine, *, engine_ok: bool) -> Check:
+    """The seller's own containers on the default bridge, and what the lock does to them.
+
+    A notice, never a failure: the lock confines the whole bridge (build steps
+    cannot join another network), and the seller decides where their containers go.
+    """
+    if not engine_ok:
+        return Check("docker0 containers", True,
+                     "cannot list them: the Docker Engine does not answer")
+    return Check("docker0 containers", True,
+                 lockdown.neighbours_note(engine, locked=lockdown.locked_rules_present(engine)))
+
+
 # -- registry ------------------------------------------------------------------------------
 
 # A tag no one pushes: the registry answering "no such manifest" proves the address,
@@ -287,27 +308,24 @@ def check_confinement(settings: Settings, *, engine_ok: bool) -> Check:
 _PROBE_TAG = "bake-doctor-probe"
 
 
-def check_registry(settings: Settings) -> Check:
+def check_registry(settings: Settings, engine: Engine) -> Check:
     """Ask the registry for a manifest the way builds do (``Registry.exists``)."""
     repository = settings.registry.repository
     if not repository:
         return Check("registry", True, "not configured: images stay on this engine "
                      "(set registry.repository to share them)")
-    from .cache.registry import Registry, split_image
-    from .errors import RegistryError
-
     host = split_image(f"{repository}:{_PROBE_TAG}").host
     source = settings.source("registry.repository")
     try:
-        Registry(settings).exists(f"{repository}:{_PROBE_TAG}")
+        Registry(settings, engine).exists(f"{repository}:{_PROBE_TAG}")
     except RegistryError as exc:
-        if exc.message.startswith("cannot reach"):
+        if exc.unreachable:
             fix = (f"start the registry (e.g. docker-registry serve CONFIG, with http.addr "
                    f"{host}) or correct registry.repository in {source}")
         else:
             fix = exc.hint or f"check the registry at {host}"
         return Check("registry", False, exc.message, fix=fix)
     except BakeError as exc:  # the Engine's registry settings could not be read
-        return Check("registry", False, exc.message, fix=exc.hint or engine_fix())
+        return Check("registry", False, exc.message, fix=exc.hint or engine_fix(settings.env))
     return Check("registry", True, f"{host} answers and lets bake look up images; they are "
                  f"shared as {repository}:<key>")

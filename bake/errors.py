@@ -91,6 +91,7 @@ class ConfigError(UsageError):
     ) -> None:
         self.field = field
         self.source = source
+        self.detail = message
         where = f"{source}: " if source else ""
         what = f"{field}: " if field else ""
         super().__init__(f"{where}{what}{message}", hint=hint)
@@ -127,11 +128,28 @@ class ConfinementError(BakeError):
 
 
 class EngineError(BakeError):
-    """The Docker Engine, or a BuildKit-capable docker CLI, is missing or failing."""
+    """The Docker Engine, or a BuildKit-capable docker CLI, is missing or failing.
+
+    ``unreachable``: nothing answered at the engine's address; ``status``: the HTTP
+    status of the Engine API answer that failed, when there was one; ``detail``: the
+    engine's own words for it.
+    """
+
+    def __init__(self, message: str, *, hint: str | None = None, status: int | None = None,
+                 unreachable: bool = False, detail: str = "") -> None:
+        self.status = status
+        self.unreachable = unreachable
+        self.detail = detail or message
+        super().__init__(message, hint=hint)
 
 
 class RegistryError(BakeError):
-    """The image registry refused or failed an operation."""
+    """The image registry refused or failed an operation; ``unreachable``: it did not answer."""
+
+    def __init__(self, message: str, *, hint: str | None = None,
+                 unreachable: bool = False) -> None:
+        self.unreachable = unreachable
+        super().__init__(message, hint=hint)
 
 
 class EgressError(BakeError):

@@ -84,7 +84,7 @@ def list_matching_files(
     no file, when the patterns leave nothing, or when the repo, commit or access is missing.
     """
     # Public (documented, in utils' lazy __all__), but not re-exported in a way mypy sees.
-    from huggingface_hub.utils import filter_repo_objects  # type: ignore[attr-defined]
+    from huggingface_hub.utils import filter_repo_objects  # type: ignore[attr-defined]  # noqa: PLC0415
 
     ctx = _Context(kind, repo, commit, endpoint, token or None)
     # The info call first: it has a timeout and no retries, so an unreachable Hub or a missing
@@ -134,7 +134,7 @@ class _Context:
     gated: bool = False
 
     def api(self) -> HfApi:
-        from huggingface_hub import HfApi
+        from huggingface_hub import HfApi  # noqa: PLC0415
 
         # token=False, not None: bake uses HF_TOKEN as the caller passes it, never a token the
         # client would find on its own (~/.cache/huggingface/token, a stale login).
@@ -144,7 +144,7 @@ class _Context:
     def where(self) -> str:
         if self.endpoint:
             return self.endpoint
-        from huggingface_hub import constants
+        from huggingface_hub import constants  # noqa: PLC0415
 
         return constants.ENDPOINT
 
@@ -174,7 +174,7 @@ def _repo_info(ctx: _Context, timeout: float) -> str:
 
 
 def _list_files(ctx: _Context) -> list[str]:
-    from huggingface_hub.hf_api import RepoFile
+    from huggingface_hub.hf_api import RepoFile  # noqa: PLC0415
 
     # The same listing snapshot_download makes, so the patterns see the same paths.
     tree = ctx.api().list_repo_tree(
@@ -184,7 +184,7 @@ def _list_files(ctx: _Context) -> list[str]:
 
 
 def _probe_file(ctx: _Context, path: str, timeout: float) -> None:
-    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url  # noqa: PLC0415
 
     url = hf_hub_url(
         ctx.repo, path, repo_type=ctx.kind, revision=ctx.revision, endpoint=ctx.endpoint
@@ -205,7 +205,7 @@ def _call(ctx: _Context, request: Callable[[], T]) -> T:
 
 
 def _translate(ctx: _Context, exc: Exception) -> BakeError:
-    from huggingface_hub import errors as hf
+    from huggingface_hub import errors as hf  # noqa: PLC0415
 
     kind, repo, where = ctx.kind, ctx.repo, ctx.where
     # Most specific first: GatedRepoError is a RepositoryNotFoundError, and both are HTTP errors.

@@ -73,6 +73,10 @@ BRIDGE_PREFIX = "bkn-"
 CANARY_HOST = 30  # the canary's host number in the job's /27, after every node
 # Where a node's resolver forwards the names it does not know: its own loopback.
 NODE_DNS = "127.0.0.1"
+# The engine's resolver never answers a name it cannot forward: glibc would wait
+# 2 x 5 s for each.  One try of one second, so a job that asks for an outside
+# name fails in a second instead of hanging.
+NODE_DNS_OPTIONS = ("timeout:1", "attempts:1")
 
 RUN_LABEL = "bake.run"
 OWNER_LABEL = "bake.owner"
@@ -135,7 +139,7 @@ class NodeNetwork:
         return self.address(rank + 2)
 
     def create_args(self) -> dict[str, Any]:
-        """The Engine's network settings (docker SDK ``networks.create``).  Pure."""
+        """The Engine API's network settings (``POST /networks/create``).  Pure."""
         options: dict[str, str] = {}
         if self.driver == "bridge":
             options = {
@@ -145,31 +149,32 @@ class NodeNetwork:
                 "com.docker.network.bridge.enable_ip_masquerade": "false",
                 "com.docker.network.bridge.enable_icc": "true",
             }
+        pool: dict[str, str] = {"Subnet": self.subnet}
+        if self.ip_range:
+            pool["IPRange"] = self.ip_range
         return {
-            "name": self.name,
-            "driver": self.driver,
-            "internal": True,
+            "Name": self.name,
+            "Driver": self.driver,
+            "Internal": True,
             # An overlay must be attachable for plain containers (not services) to join.
-            "attachable": self.driver == "overlay",
-            "enable_ipv6": False,
-            "options": options,
-            "labels": dict(self.labels),
-            "check_duplicate": True,
-            "ipam": {"Driver": "default", "Config": [
-                {"Subnet": self.subnet, **({"IPRange": self.ip_range} if self.ip_range else {})},
-            ]},
+            "Attachable": self.driver == "overlay",
+            "EnableIPv6": False,
+            "Options": options,
+            "Labels": dict(self.labels),
+            "CheckDuplicate": True,
+            "IPAM": {"Driver": "default", "Config": [pool]},
         }
-
 
     def shape(self) -> str:
         """What the network's closure depends on, the same for every run (its name and
         address range are not): a canary's proof stands for every network of this shape."""
         args = self.create_args()
-        options = dict(args["options"])
+        options = dict(args["Options"])
         if "com.docker.network.bridge.name" in options:
             options["com.docker.network.bridge.name"] = f"{BRIDGE_PREFIX}*"
-        return json.dumps({"driver": args["driver"], "internal": args["internal"],
-                           "options": options, "dns": NODE_DNS}, sort_keys=True)
+        return json.dumps({"driver": args["Driver"], "internal": args["Internal"],
+                           "options": options, "dns": NODE_DNS, "dns_options": NODE_DNS_OPTIONS},
+                          sort_keys=True)
 
 
 def node_env(rank: int, nodes: int) -> dict[str, str]:
@@ -197,25 +202,23 @@ def node_hosts(network: NodeNetwork | None, nodes: int) -> dict[str, str]:
     return {node_name(rank): network.node_address(rank) for rank in range(nodes)}
 
 
-def node_settings(rank: int, nodes: int, network: NodeNetwork | None) -> dict[str, Any]:
-    """What a node's container adds to the single job's hardened settings.  Pure."""
-    settings: dict[str, Any] = {
-        "hostname": node_name(rank),
-        "extra_hosts": node_hosts(network, nodes),
-        "dns": [NODE_DNS],
-        # The engine's resolver never answers a name it cannot forward: glibc would wait
-        # 2 x 5 s for each.  One try of one second, so a job that asks for an outside
-        # name fails in a second instead of hanging.
-        "dns_opt": ["timeout:1", "attempts:1"],
+def node_settings(rank: int, nodes: int, network: NodeNetwork | None
+                  ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What a node's container adds to the single job's hardened settings, in the Engine
+    API's words: (container settings, host settings).  Pure."""
+    host: dict[str, Any] = {
+        "ExtraHosts": [f"{name}:{address}"
+                       for name, address in node_hosts(network, nodes).items()],
+        "Dns": [NODE_DNS],
+        "DnsOptions": list(NODE_DNS_OPTIONS),
+        "NetworkMode": network.name if network is not None else "none",
     }
-    if network is None:
-        settings["network_mode"] = "none"
-    else:
-        settings["network"] = network.name
-        settings["networking_config"] = {
+    container: dict[str, Any] = {"Hostname": node_name(rank)}
+    if network is not None:
+        container["NetworkingConfig"] = {"EndpointsConfig": {
             network.name: {"IPAMConfig": {"IPv4Address": network.node_address(rank)}},
-        }
-    return settings
+        }}
+    return container, host
 
 
 def pick_subnet(taken: Iterable[str], *, prefix: int = NODE_PREFIX,

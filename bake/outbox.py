@@ -30,14 +30,15 @@ import contextlib
 import os
 import shutil
 import stat
-import subprocess
 import tempfile
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import proc
 from .errors import RunError
+from .state import state_dir
 
 __all__ = ["Collected", "Outbox", "collect", "fs_size", "open_outbox", "sweep_outboxes"]
 
@@ -74,13 +75,14 @@ class Collected:
     skipped: tuple[str, ...] = ()
 
 
-def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, check=False)
+def _run(argv: list[str]) -> proc.Completed:
+    try:
+        return proc.run(argv, timeout=120)
+    except OSError as exc:  # not installed, or hung
+        return proc.Completed(tuple(argv), 127, "", f"{argv[0]}: {exc.strerror or exc}")
 
 
 def _runs_dir() -> Path:
-    from .settings import state_dir
-
     root = state_dir() / "runs"
     root.mkdir(parents=True, exist_ok=True)
     return root
@@ -108,8 +110,8 @@ def open_outbox(limit: int, user: str, owner: str) -> Outbox:
             fh.truncate(size)  # sparse: the host's disk pays only for what the job writes
         made = _run(["mkfs.ext4", "-q", "-F", "-b", str(BLOCK), "-m", "0", "-O", "^has_journal",
                      "-E", f"lazy_itable_init=1,root_owner={uid}:{gid}", str(image)])
-        mounted = made.returncode == 0 and _run(
-            ["mount", "-o", "loop,nosuid,nodev", str(image), str(mount)]).returncode == 0
+        mounted = made.ok and _run(
+            ["mount", "-o", "loop,nosuid,nodev", str(image), str(mount)]).ok
         if not mounted:
             image.unlink()
             # No mkfs.ext4 or no loop device (a container, some VMs): a tmpfs, which the
@@ -118,10 +120,9 @@ def open_outbox(limit: int, user: str, owner: str) -> Outbox:
             done = _run(["mount", "-t", "tmpfs", "-o",
                          f"size={size},mode=0755,uid={uid},gid={gid},nosuid,nodev",
                          "bake-out", str(mount)])
-            if done.returncode != 0:
-                reason = (done.stderr or made.stderr).strip().splitlines()
+            if not done.ok:
                 raise RunError(f"cannot mount a size-limited /out for the job: "
-                               f"{reason[-1] if reason else 'mount failed'}",
+                               f"{done.last_line()}",
                                hint="bake needs mount(8) and either mkfs.ext4 with a loop "
                                "device or tmpfs")
         with contextlib.suppress(FileNotFoundError):
@@ -151,7 +152,7 @@ def _release(holder: Path) -> None:
     for _ in range(3):
         if not _mounted(mount):
             break
-        if _run(["umount", str(mount)]).returncode != 0:
+        if not _run(["umount", str(mount)]).ok:
             _run(["umount", "-l", str(mount)])
     if _mounted(mount):
         return  # never remove files under a mount we could not take away

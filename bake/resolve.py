@@ -1,4 +1,4 @@
-"""JobSpec -> ResolvedJob: pin what a name alone does not fix.
+"""JobSpec -> ResolvedJob (:mod:`bake.job`): pin what a name alone does not fix.
 
 The base image is pinned to its digest (the registry digest when the engine has
 one, else the local image id), each model's and dataset's branch or tag to its
@@ -9,43 +9,23 @@ result, so a moved branch or a rebuilt base gives a new key.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .builder.templates import Template, find_template
-from .cache.engine import inspect_image
+from . import hub as hub_api
+from .engine import Engine
 from .errors import EngineError, SpecError
+from .job import ResolvedJob, ResolvedRepo
 from .reference import parse_image_ref
 from .settings import Settings
 from .spec import HubRepo, JobSpec
+from .templates import find_template
+from .units import format_size
 
-__all__ = ["ClientHub", "Hub", "ResolvedJob", "ResolvedRepo", "base_digest", "resolve"]
+__all__ = ["BaseLookup", "ClientHub", "Hub", "base_digest", "check_context_size", "resolve"]
 
-
-@dataclass(frozen=True)
-class ResolvedRepo:
-    repo: HubRepo
-    commit: str
-
-
-@dataclass(frozen=True)
-class ResolvedJob:
-    spec: JobSpec
-    template: Template
-    base_ref: str  # as the spec or template names it
-    base_from: str  # what the Dockerfile's FROM says: ref@digest when the engine knows one
-    base_digest: str  # "sha256:..."
-    models: tuple[ResolvedRepo, ...]
-    datasets: tuple[ResolvedRepo, ...]
-    file_digests: tuple[str, ...]
-
-    @property
-    def hub_repos(self) -> tuple[ResolvedRepo, ...]:
-        return self.models + self.datasets
-
-
+#: ``base_lookup(ref)`` -> (what FROM should say, the digest that feeds the key).
 BaseLookup = Callable[[str], tuple[str, str]]
 
 
@@ -53,12 +33,12 @@ def resolve(
     spec: JobSpec,
     settings: Settings,
     *,
-    pull_base: bool = True,
-    base_lookup: BaseLookup | None = None,
+    base_lookup: BaseLookup,
     hub: Hub | None = None,
 ) -> ResolvedJob:
-    """Pin the spec's inputs.  ``base_lookup`` and ``hub`` swap the Engine and the Hub out
-    (unit tests); the Hub is asked only when the spec names models or datasets."""
+    """Pin the spec's inputs.  ``base_lookup`` asks the Engine (:func:`base_digest`, or a
+    fixed answer in unit tests); ``hub`` is asked only when the spec names models or
+    datasets (default: the real Hub of the settings)."""
     template = find_template(spec.template, settings.build.templates)
     base_ref = spec.base or template.default_base
     if not settings.base_allowed(base_ref):
@@ -68,10 +48,8 @@ def resolve(
             field=field,
             hint=f"the seller allows: {', '.join(settings.build.bases) or 'none'}",
         )
-    if base_lookup is not None:
-        base_from, digest = base_lookup(base_ref)
-    else:
-        base_from, digest = base_digest(base_ref, pull=pull_base)
+    check_context_size(spec, settings.build.max_context)
+    base_from, digest = base_lookup(base_ref)
     models: tuple[ResolvedRepo, ...] = ()
     datasets: tuple[ResolvedRepo, ...] = ()
     if spec.models or spec.datasets:
@@ -90,14 +68,40 @@ def resolve(
     )
 
 
-def base_digest(ref: str, *, pull: bool = True) -> tuple[str, str]:
-    """(what FROM should say, the digest that feeds the key) for a base image."""
-    info = inspect_image(ref)
-    if info is None and pull:
-        from .cache.store import pull_image
+def check_context_size(spec: JobSpec, limit: int) -> None:
+    """The seller's bound on the job files a build copies (``build.max_context``), checked
+    before any of them is read: exit 2 naming the limit and the largest files."""
+    total = sum(f.size for f in spec.files)
+    if total <= limit:
+        return
+    largest = sorted(spec.files, key=lambda f: f.size, reverse=True)[:3]
+    names = ", ".join(f"{f.dest} ({format_size(f.size)})" for f in largest)
+    raise SpecError(
+        f"job files total {format_size(total)}, more than this host allows "
+        f"(build.max_context = {format_size(limit)}); the largest: {names}",
+        field="job.files",
+        hint="ship data as a [[datasets]] entry (fetched at setup), or ask the seller to "
+        "raise build.max_context",
+    )
 
-        pull_image(ref)
-        info = inspect_image(ref)
+
+def base_digest(engine: Engine, ref: str, *, pull: bool = True) -> tuple[str, str]:
+    """(what FROM should say, the digest that feeds the key) for a base image.
+
+    A base the engine does not have is pulled (by the engine, outside the proxy:
+    DESIGN.md, which is why the seller's ``build.bases`` limits what a job may name).
+    """
+    info = engine.inspect_image(ref)
+    if info is None and pull:
+        try:
+            engine.pull(ref)
+        except EngineError as exc:
+            raise EngineError(
+                f"cannot pull the base image {ref}: {exc.message}",
+                hint=f"pull it by hand, or make one from Debian packages: bake base build "
+                f"--tag {ref}",
+            ) from exc
+        info = engine.inspect_image(ref)
     if info is None:
         raise EngineError(
             f"base image {ref!r} is not on this engine and could not be pulled",
@@ -135,19 +139,15 @@ class ClientHub:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ClientHub:
-        return cls(hub_endpoint(settings), os.environ.get("HF_TOKEN") or None)
+        return cls(settings.hub_endpoint, settings.env.hf_token or None)
 
     def resolve_revision(self, repo: HubRepo) -> str:
-        from .hub import resolve_revision
-
-        return resolve_revision(repo.kind, repo.repo, repo.revision, endpoint=self.endpoint,
-                                token=self.token)
+        return hub_api.resolve_revision(repo.kind, repo.repo, repo.revision,
+                                        endpoint=self.endpoint, token=self.token)
 
     def list_files(self, repo: HubRepo, commit: str) -> list[str]:
-        from .hub import list_matching_files
-
-        return list_matching_files(repo.kind, repo.repo, commit, repo.include, repo.exclude,
-                                   endpoint=self.endpoint, token=self.token)
+        return hub_api.list_matching_files(repo.kind, repo.repo, commit, repo.include,
+                                           repo.exclude, endpoint=self.endpoint, token=self.token)
 
 
 def _pin(repo: HubRepo, hub: Hub) -> ResolvedRepo:
@@ -156,10 +156,6 @@ def _pin(repo: HubRepo, hub: Hub) -> ResolvedRepo:
     # repo the token cannot read, is a bad spec (exit 2), not a setup failure minutes later.
     hub.list_files(repo, commit)
     return ResolvedRepo(repo, commit)
-
-
-def hub_endpoint(settings: Settings) -> str | None:
-    return settings.build.hf_endpoint or os.environ.get("HF_ENDPOINT") or None
 
 
 def _sha256(path: Any) -> str:

@@ -22,8 +22,10 @@ byte; N nodes prefix each line with the node's name.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import queue
+import sys
 import threading
 import time
 import uuid
@@ -31,9 +33,12 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
-from .errors import BakeError, RunError
+from .egress import lockdown
+from .engine import Engine
+from .errors import BakeError, EngineError, RunError, SetupError, UsageError
+from .job import ResolvedJob
 from .nodes import (
     NODE_LABEL,
     OWNER_LABEL,
@@ -42,6 +47,7 @@ from .nodes import (
     current_owner,
     host_routes,
     is_orphan,
+    node_env,
     node_name,
     node_settings,
     pick_subnet,
@@ -49,9 +55,7 @@ from .nodes import (
 )
 from .outbox import Collected, Outbox, close_outbox, collect, open_outbox, sweep_outboxes
 from .spec import MAX_NODES, JobSpec, RunLimits
-
-if TYPE_CHECKING:
-    from .resolve import ResolvedJob
+from .units import format_size
 
 __all__ = ["NodeResult", "RunPlan", "RunResult", "container_config", "image_job", "run_job",
            "spec_job"]
@@ -81,8 +85,6 @@ class RunPlan:
         if nodes is None:
             return self
         if isinstance(nodes, bool) or not 1 <= nodes <= MAX_NODES:
-            from .errors import UsageError
-
             raise UsageError(f"--nodes {nodes}: must be a whole number from 1 to {MAX_NODES}")
         return replace(self, limits=replace(self.limits, nodes=nodes))
 
@@ -126,7 +128,7 @@ class RunResult:
             self.failed_node is not None else ""
         if self.oom_killed:
             return (f"{who}was killed for using more than its memory limit "
-                    f"({_human(self.memory_limit)}; raise [run] memory in bake.toml if it "
+                    f"({format_size(self.memory_limit)}; raise [run] memory in bake.toml if it "
                     "needs more)")
         return f"{who}exited {self.exit_code}"
 
@@ -137,7 +139,7 @@ class RunResult:
         if not over:
             return None
         who = "the job" if len(self.nodes) == 1 else ", ".join(node_name(n.rank) for n in over)
-        return (f"{who} left more than {_human(self.output_limit)} in /out ([run] output): "
+        return (f"{who} left more than {format_size(self.output_limit)} in /out ([run] output): "
                 "nothing of it was kept")
 
     def to_json(self) -> dict[str, object]:
@@ -157,11 +159,10 @@ def spec_job(image: str, spec: JobSpec, *, args: Sequence[str] = (),
                    image.rpartition(":")[2])
 
 
-def image_job(image: str, *, args: Sequence[str] = (), output: Path | None = None) -> RunPlan:
+def image_job(engine: Engine, image: str, *, args: Sequence[str] = (),
+              output: Path | None = None) -> RunPlan:
     """A plan from an image's own labels (``bake run IMAGE``)."""
-    from .cache.engine import inspect_image
-
-    info = inspect_image(image)
+    info = engine.inspect_image(image)
     if info is None:
         raise RunError(f"no image {image!r} on this engine and no job spec at that path",
                        hint="pass a bake.toml, its folder, or a baked image (bake images)")
@@ -180,54 +181,56 @@ def image_job(image: str, *, args: Sequence[str] = (), output: Path | None = Non
 def container_config(plan: RunPlan, *, user: str, out_dir: str | None, rank: int = 0,
                      network: NodeNetwork | None = None, run_id: str = "",
                      owner: str = "") -> dict[str, Any]:
-    """The Engine's settings for node ``rank``'s container (the only one, when N = 1).  Pure."""
-    from .nodes import node_env
-
+    """The Engine API's settings for node ``rank``'s container (the only one, when N = 1),
+    for ``POST /containers/create``.  Pure."""
     limits = plan.limits
-    config: dict[str, Any] = {
-        "image": plan.image,
-        "command": list(plan.command),
-        # The node conventions last: they describe the job's shape, which the spec cannot.
-        "environment": {**dict(plan.env), **node_env(rank, plan.nodes)},
-        "cap_drop": ["ALL"],
-        "security_opt": ["no-new-privileges"],
-        "read_only": True,
+    node, node_host = node_settings(rank, plan.nodes, network)
+    host: dict[str, Any] = {
+        "CapDrop": ["ALL"],
+        "SecurityOpt": ["no-new-privileges"],
+        "ReadonlyRootfs": True,
         # exec: JIT compilers (torch inductor, numba, triton) load what they build
         # in /tmp; without a network that is no wider a door than python itself.
-        "tmpfs": {"/tmp": f"rw,exec,nosuid,nodev,size={limits.tmp}"},
+        "Tmpfs": {"/tmp": f"rw,exec,nosuid,nodev,size={limits.tmp}"},
         # The job's output is kept by the engine until bake removes the container;
         # cap it so that a chatty job cannot fill the host's disk.
-        "log_config": {"type": "json-file", "config": {"max-size": "64m", "max-file": "1"}},
-        "pids_limit": limits.pids,
-        "mem_limit": limits.memory,
-        "memswap_limit": limits.memory,  # no swap beyond the memory limit
-        "nano_cpus": int(limits.cpus * 1e9),
-        "shm_size": limits.shm,
-        "ipc_mode": "private",
+        "LogConfig": {"Type": "json-file", "Config": {"max-size": "64m", "max-file": "1"}},
+        "PidsLimit": limits.pids,
+        "Memory": limits.memory,
+        "MemorySwap": limits.memory,  # no swap beyond the memory limit
+        "NanoCpus": int(limits.cpus * 1e9),
+        "ShmSize": limits.shm,
+        "IpcMode": "private",
         # Engine 20.10 on cgroup v1 defaults to the host's cgroup namespace, which shows
         # the job the host's cgroup paths (other containers' ids); a private one does not.
-        "cgroupns": "private",
-        "user": user,
-        "labels": {"bake.job": plan.key or "unknown", RUN_LABEL: run_id, NODE_LABEL: str(rank),
-                   OWNER_LABEL: owner},
-        "detach": True,
-        "stdin_open": False,
-        "tty": False,
-        # docker-py copies ~/.docker/config.json proxies into the container's env by default.
-        "use_config_proxy": False,
-        "volumes": {out_dir: {"bind": "/out", "mode": "rw"}} if out_dir else {},
-        # Hostname, hosts file, resolver and network (none, for a single node).
-        **node_settings(rank, plan.nodes, network),
+        "CgroupnsMode": "private",
+        "Binds": [f"{out_dir}:/out:rw"] if out_dir else [],
+        # The network (none, for a single node), the hosts file and the resolver.
+        **node_host,
     }
     if limits.gpus:
-        from docker.types import DeviceRequest
-
         if limits.gpus == "all":
-            config["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
+            host["DeviceRequests"] = [{"Driver": "", "Count": -1, "DeviceIDs": None,
+                                       "Capabilities": [["gpu"]], "Options": {}}]
         else:
             ids = limits.gpus.removeprefix("device=").split(",")
-            config["device_requests"] = [DeviceRequest(device_ids=ids, capabilities=[["gpu"]])]
-    return config
+            host["DeviceRequests"] = [{"Driver": "", "Count": 0, "DeviceIDs": ids,
+                                       "Capabilities": [["gpu"]], "Options": {}}]
+    # The node conventions last: they describe the job's shape, which the spec cannot.
+    env = {**dict(plan.env), **node_env(rank, plan.nodes)}
+    return {
+        "Image": plan.image,
+        "Cmd": list(plan.command),
+        "Env": [f"{k}={v}" for k, v in env.items()],
+        "User": user,
+        "Labels": {"bake.job": plan.key or "unknown", RUN_LABEL: run_id, NODE_LABEL: str(rank),
+                   OWNER_LABEL: owner},
+        "AttachStdin": False,
+        "OpenStdin": False,
+        "Tty": False,
+        **node,
+        "HostConfig": host,
+    }
 
 
 def job_user(image_user: str) -> str:
@@ -246,6 +249,7 @@ def job_user(image_user: str) -> str:
 
 
 def run_job(
+    engine: Engine,
     plan: RunPlan,
     *,
     stream: bool = True,
@@ -253,23 +257,16 @@ def run_job(
     stderr: IO[bytes] | None = None,
 ) -> RunResult:
     """Run the planned job to its end; always removes its containers, network and mounts."""
-    import docker.errors
-
-    from .cache.store import docker_client
-
     n = plan.nodes
-    # Each node holds three connections while it runs: its exit and its two streams.
-    client = docker_client(max_pool_size=3 * n + 4)
-    try:
-        info = client.api.inspect_image(plan.image)
-    except docker.errors.ImageNotFound:
-        raise RunError(f"image {plan.image} is not on this engine") from None
+    info = engine.inspect_image(plan.image)
+    if info is None:
+        raise RunError(f"image {plan.image} is not on this engine")
     user = job_user((info.get("Config") or {}).get("User", ""))
     me = current_owner()
-    sweep(client, lambda label: is_orphan(label, me))
+    sweep(engine, lambda label: is_orphan(label, me))
     run_id = uuid.uuid4().hex[:16]
     # Names of bake's own: a Ctrl-C that lands while the Engine is creating a
-    # container (before create() returns its id) must not leave it behind.
+    # container (before create returns its id) must not leave it behind.
     names = [f"bake-job-{run_id}" if n == 1 else f"bake-job-{run_id}-{rank}"
              for rank in range(n)]
     requested: list[str] = []
@@ -290,8 +287,8 @@ def run_job(
                 boxes.append(open_outbox(plan.limits.output, user, me.label()))
         if n > 1:
             network_requested = True
-            network = _create_network(client, plan, run_id, me.label())
-            _prove_closed(plan, network, me.label())
+            network = _create_network(engine, plan, run_id, me.label())
+            _prove_closed(engine, plan, network, me.label())
         for rank, name in enumerate(names):
             config = container_config(plan, user=user,
                                       out_dir=str(boxes[rank].mount) if boxes else None,
@@ -299,28 +296,27 @@ def run_job(
                                       owner=me.label())
             requested.append(name)
             try:
-                client.containers.create(name=name, **config)
-            except docker.errors.APIError as exc:
-                raise RunError(f"cannot create {_who(rank, n)}container: "
-                               f"{exc.explanation or exc}") from exc
+                engine.create_container(name, config)
+            except EngineError as exc:
+                raise RunError(f"cannot create {_who(rank, n)}container: {exc.message}") from exc
             created.add(name)
-        _each(lambda name: _start(client, name), names)
-        pumps = _follow(client, names, stdout, stderr) if stream else []
-        codes, first_failed, stopped, timed_out = _wait_all(client, names, plan.limits.timeout)
+        _each(lambda name: _start(engine, name), names)
+        pumps = _follow(engine, names, stdout, stderr) if stream else []
+        codes, first_failed, stopped, timed_out = _wait_all(engine, names, plan.limits.timeout)
         for pump in pumps:
             pump.join(timeout=10)
         nodes = []
         for rank, name in enumerate(names):
-            state = client.api.inspect_container(name)["State"]
-            code = codes.get(rank, int(state.get("ExitCode") or 0))
+            state = engine.inspect_container(name)
+            code = codes.get(rank, state.exit_code if state else 0)
             kept = Collected(False, 0)
             where = None
             if boxes and plan.output is not None:
                 dest = plan.output if n == 1 else plan.output / node_name(rank)
                 kept = collect(boxes[rank].mount, dest, plan.limits.output)
                 where = str(dest)
-            nodes.append(NodeResult(rank, code, bool(state.get("OOMKilled")), rank in stopped,
-                                    where, kept.skipped, kept.over_limit))
+            nodes.append(NodeResult(rank, code, bool(state and state.oom_killed),
+                                    rank in stopped, where, kept.skipped, kept.over_limit))
         failed = nodes[first_failed] if first_failed is not None else None
         skipped = tuple(s if n == 1 else f"{node_name(r.rank)}/{s}"
                         for r in nodes for s in r.skipped_outputs)
@@ -340,11 +336,11 @@ def run_job(
     finally:
         # Containers first (a network with endpoints cannot go), then the network,
         # then the mounts their /out lived on.
-        _each(lambda name: _remove(client, name, maybe_in_flight=name not in created),
+        _each(lambda name: _remove(engine, name, maybe_in_flight=name not in created),
               requested)
         if network_requested:
             # By name: a Ctrl-C may land while the Engine is still creating it.
-            _remove_network(client, NodeNetwork.name_for(run_id),
+            _remove_network(engine, NodeNetwork.name_for(run_id),
                             maybe_in_flight=network is None)
         for box in boxes:
             close_outbox(box)
@@ -367,25 +363,19 @@ def _each(action: Callable[[str], None], names: Iterable[str]) -> None:
             future.result()
 
 
-def _start(client: Any, name: str) -> None:
-    import docker.errors
-
+def _start(engine: Engine, name: str) -> None:
     try:
-        client.api.start(name)
-    except docker.errors.APIError as exc:
-        raise RunError(f"cannot start the job's container {name}: "
-                       f"{exc.explanation or exc}") from exc
+        engine.start_container(name)
+    except EngineError as exc:
+        raise RunError(f"cannot start the job's container {name}: {exc.message}") from exc
 
 
-def _kill(client: Any, name: str) -> None:
-    import docker.errors
-    import requests.exceptions
-
-    with contextlib.suppress(docker.errors.APIError, requests.exceptions.RequestException):
-        client.api.kill(name)
+def _kill(engine: Engine, name: str) -> None:
+    with contextlib.suppress(EngineError):
+        engine.kill_container(name)
 
 
-def _wait_all(client: Any, names: Sequence[str], timeout: int
+def _wait_all(engine: Engine, names: Sequence[str], timeout: int
               ) -> tuple[dict[int, int], int | None, set[int], bool]:
     """Wait for every node: (exit codes, first failing rank, ranks bake stopped, timed out).
 
@@ -393,16 +383,12 @@ def _wait_all(client: Any, names: Sequence[str], timeout: int
     every node still running is stopped.  The main thread waits on a queue, so a
     Ctrl-C or SIGTERM lands at once.
     """
-    import docker.errors
-    import requests.exceptions
-
     exits: queue.Queue[tuple[int, int | None]] = queue.Queue()
 
     def wait(rank: int) -> None:
         try:
-            status = client.api.wait(names[rank], timeout=timeout + 60)
-            exits.put((rank, int(status.get("StatusCode", 1))))
-        except (docker.errors.APIError, requests.exceptions.RequestException):
+            exits.put((rank, engine.wait_container(names[rank], timeout=timeout + 60)))
+        except (EngineError, OSError):
             exits.put((rank, None))
 
     def watch(rank: int) -> None:
@@ -419,7 +405,7 @@ def _wait_all(client: Any, names: Sequence[str], timeout: int
     def stop_the_rest() -> None:
         rest = [rank for rank in range(len(names)) if rank not in codes]
         stopped.update(rest)
-        _each(lambda name: _kill(client, name), [names[rank] for rank in rest])
+        _each(lambda name: _kill(engine, name), [names[rank] for rank in rest])
 
     while len(codes) < len(names):
         remaining = deadline - time.monotonic()
@@ -435,13 +421,13 @@ def _wait_all(client: Any, names: Sequence[str], timeout: int
         if code is None:
             # The wait itself failed (a dropped connection): ask the engine, wait again.
             try:
-                state = client.api.inspect_container(names[rank])["State"]
-            except (docker.errors.APIError, requests.exceptions.RequestException):
+                state = engine.inspect_container(names[rank])
+            except EngineError:
                 continue  # gone: the timeout or the others decide
-            if state.get("Running"):
+            if state is not None and state.running:
                 watch(rank)
                 continue
-            code = int(state.get("ExitCode") or 0)
+            code = state.exit_code if state is not None else 1
         codes[rank] = code
         if code != 0 and first_failed is None and not timed_out and rank not in stopped:
             first_failed = rank
@@ -449,19 +435,20 @@ def _wait_all(client: Any, names: Sequence[str], timeout: int
     return codes, first_failed, stopped, timed_out
 
 
-def _follow(client: Any, names: Sequence[str], stdout: IO[bytes] | None,
+def _follow(engine: Engine, names: Sequence[str], stdout: IO[bytes] | None,
             stderr: IO[bytes] | None) -> list[threading.Thread]:
     """Stream every node's output; with N > 1, line by line with the node's name."""
-    sinks = {"stdout": stdout if stdout is not None else _stdbuffer("stdout"),
-             "stderr": stderr if stderr is not None else _stdbuffer("stderr")}
-    locks = {which: threading.Lock() for which in sinks}
+    sinks = (stdout if stdout is not None else _stdbuffer("stdout"),
+             stderr if stderr is not None else _stdbuffer("stderr"))
+    locks = (threading.Lock(), threading.Lock())
     pumps = []
     for name, prefix in zip(names, prefixes(len(names)), strict=True):
-        for which, sink in sinks.items():
-            writer = _Lines(sink, prefix, locks[which]) if prefix else _Raw(sink)
-            t = threading.Thread(target=_pump, args=(client, name, which, writer), daemon=True)
-            t.start()
-            pumps.append(t)
+        writers: dict[int, _Raw | _Lines] = {
+            stream: _Lines(sinks[stream - 1], prefix, locks[stream - 1]) if prefix
+            else _Raw(sinks[stream - 1]) for stream in (1, 2)}
+        t = threading.Thread(target=_pump, args=(engine, name, writers), daemon=True)
+        t.start()
+        pumps.append(t)
     return pumps
 
 
@@ -507,102 +494,85 @@ class _Lines:
             self.sink.flush()
 
 
-def _pump(client: Any, name: str, which: str, writer: _Raw | _Lines) -> None:
+def _pump(engine: Engine, name: str, writers: dict[int, _Raw | _Lines]) -> None:
+    """One node's stdout and stderr, from one followed log, each to its writer."""
     try:
-        for chunk in client.api.logs(name, stream=True, follow=True, stdout=which == "stdout",
-                                     stderr=which == "stderr"):
-            writer.write(chunk)
-    except Exception:  # noqa: BLE001 - the container may vanish under us; output is best effort
+        for stream, chunk in engine.logs(name, stdout=True, stderr=True, follow=True):
+            if stream in writers:
+                writers[stream].write(chunk)
+    except (EngineError, OSError):  # the container may vanish under us; output is best effort
         pass
     finally:
-        with contextlib.suppress(Exception):
-            writer.close()
+        for writer in writers.values():
+            with contextlib.suppress(OSError, ValueError):
+                writer.close()
 
 
-def _remove(client: Any, name: str, *, maybe_in_flight: bool) -> None:
-    """Remove a container by name; when create() never returned, the Engine may
+def _remove(engine: Engine, name: str, *, maybe_in_flight: bool) -> None:
+    """Remove a container by name; when create never returned, the Engine may
     still be making it, so look again for a moment before giving up."""
-    import docker.errors
-    import requests.exceptions
-
     for attempt in range(10 if maybe_in_flight else 1):
         try:
-            client.api.remove_container(name, force=True)
+            if engine.remove_container(name):
+                return
+        except EngineError:
             return
-        except docker.errors.NotFound:
-            if maybe_in_flight and attempt < 9:
-                time.sleep(0.1)
-        except (docker.errors.APIError, requests.exceptions.RequestException):
-            return
+        if maybe_in_flight and attempt < 9:
+            time.sleep(0.1)
 
 
-def _remove_network(client: Any, name: str, *, maybe_in_flight: bool = False) -> None:
-    import docker.errors
-    import requests.exceptions
-
+def _remove_network(engine: Engine, name: str, *, maybe_in_flight: bool = False) -> None:
     for attempt in range(20):
         try:
-            client.api.remove_network(name)
-            return
-        except docker.errors.NotFound:
-            if not maybe_in_flight or attempt >= 9:
+            if engine.remove_network(name) or not maybe_in_flight or attempt >= 9:
                 return
-            time.sleep(0.1)
-        except docker.errors.APIError:
+        except EngineError as exc:
+            if exc.unreachable:
+                return
             # "has active endpoints": a container's removal is still being finished.
-            if attempt < 19:
-                time.sleep(0.1)
-        except requests.exceptions.RequestException:
-            return
+        time.sleep(0.1)
 
 
-def _create_network(client: Any, plan: RunPlan, run_id: str, owner: str) -> NodeNetwork:
-    """Create the job's network on a free /27, after making sure bake's rules guard it."""
-    import docker.errors
-
-    from .egress import lockdown
-
+def _create_network(engine: Engine, plan: RunPlan, run_id: str, owner: str) -> NodeNetwork:
+    """Create the job's network on a free subnet, after making sure bake's rules guard it."""
     try:
         lockdown.ensure_node_rules()
     except BakeError as exc:
         raise RunError(f"a job of {plan.nodes} nodes needs bake's firewall rules for job "
                        f"networks, and they are not in place: {exc.message}",
                        hint="run bake as root: it installs them itself") from exc
-    taken = _taken_subnets(client)
+    taken = _taken_subnets(engine)
     prefix = NodeNetwork.prefix_for(plan.network)
     for _ in range(8):
         network = NodeNetwork.for_run(run_id, pick_subnet(taken, prefix=prefix), owner=owner,
                                       driver=plan.network)
         try:
-            client.api.create_network(**network.create_args())
+            engine.create_network(network.create_args())
             return network
-        except docker.errors.APIError as exc:
-            if "overlap" not in str(exc).lower():
+        except EngineError as exc:
+            if "overlap" not in exc.message.lower():
                 hint = ("an overlay network needs an engine that manages a Docker Swarm "
                         "(docs/multi-node.md)" if plan.network == "overlay" else None)
-                raise RunError(f"cannot create the job's network: "
-                               f"{exc.explanation or exc}", hint=hint) from exc
+                raise RunError(f"cannot create the job's network: {exc.message}",
+                               hint=hint) from exc
             taken.append(network.subnet)  # another run took it a moment ago: another one
     raise RunError("cannot find a free address range for the job's network",
                    hint=f"too many networks overlap {network.subnet}'s pool; remove unused ones")
 
 
-def _prove_closed(plan: RunPlan, network: NodeNetwork, owner: str) -> None:
+def _prove_closed(engine: Engine, plan: RunPlan, network: NodeNetwork, owner: str) -> None:
     """A canary on the job's own network shows that no address of the host answers
     (or a proof made under the same firewall rules a moment ago stands)."""
-    from .egress import lockdown
-
     proof = lockdown.prove_nodes_recent(
-        plan.image, JOB_PYTHON, network.name, network.gateway,
-        network.address(network.canary_host), owner=owner,
-        network_options=network.shape())
+        engine, plan.image, JOB_PYTHON, network.name, network.gateway,
+        network.address(network.canary_host), owner=owner, network_options=network.shape())
     if not proof.enforced:
         raise RunError(f"the job's network is not closed: {proof.detail}",
                        hint="check `iptables -S BAKE-NODES-FWD` and that nothing else "
                        "accepts traffic from bkn-* bridges")
 
 
-def _taken_subnets(client: Any) -> list[str]:
+def _taken_subnets(engine: Engine) -> list[str]:
     """What a job's network must not overlap: the host's routes and the engine's networks."""
     taken: list[str] = []
     try:
@@ -610,36 +580,30 @@ def _taken_subnets(client: Any) -> list[str]:
             taken += host_routes(fh.read())
     except OSError:
         pass
-    with contextlib.suppress(Exception):
-        for net in client.api.networks():
+    with contextlib.suppress(EngineError):
+        for net in engine.networks():
             for config in (net.get("IPAM") or {}).get("Config") or []:
                 if config.get("Subnet"):
                     taken.append(str(config["Subnet"]))
     return taken
 
 
-def sweep(client: Any, orphan: Callable[[str], bool]) -> None:
+def sweep(engine: Engine, orphan: Callable[[str], bool]) -> None:
     """Remove what a bake killed with SIGKILL left: its containers, networks and mounts,
     found by bake's own labels; never those of a bake that is still alive."""
-    import docker.errors
-    import requests.exceptions
-
     try:
-        containers = client.api.containers(all=True, filters={"label": OWNER_LABEL})
-        for found in containers:
+        for found in engine.containers(label=OWNER_LABEL):
             if orphan((found.get("Labels") or {}).get(OWNER_LABEL, "")):
-                _remove(client, found["Id"], maybe_in_flight=False)
-        for net in client.api.networks(filters={"label": OWNER_LABEL}):
+                _remove(engine, str(found["Id"]), maybe_in_flight=False)
+        for net in engine.networks(label=OWNER_LABEL):
             if orphan((net.get("Labels") or {}).get(OWNER_LABEL, "")):
-                _remove_network(client, net["Id"])
-    except (docker.errors.APIError, requests.exceptions.RequestException):
+                _remove_network(engine, str(net["Id"]))
+    except EngineError:
         pass  # a sweep that cannot run now runs next time
     sweep_outboxes(orphan)
 
 
 def _stdbuffer(name: str) -> IO[bytes]:
-    import sys
-
     stream: IO[bytes] = (sys.stdout if name == "stdout" else sys.stderr).buffer
     return stream
 
@@ -668,19 +632,15 @@ def self_check_plan(image_id: str, job: ResolvedJob) -> RunPlan:
     )
 
 
-def self_check(image_id: str, job: ResolvedJob) -> str:
+def self_check(engine: Engine, image_id: str, job: ResolvedJob) -> str:
     """Check, offline, that every declared model and dataset file loads from the image.
 
     Returns the check's report (one line per repo); raises SetupError when it fails.
     """
-    from io import BytesIO
-
-    sink = BytesIO()
-    result = run_job(self_check_plan(image_id, job), stdout=sink, stderr=sink)
+    sink = io.BytesIO()
+    result = run_job(engine, self_check_plan(image_id, job), stdout=sink, stderr=sink)
     lines = sink.getvalue().decode("utf-8", "replace").strip().splitlines()
     if result.exit_code != 0:
-        from .errors import SetupError
-
         tail = lines[-5:]
         raise SetupError(
             "the offline self-check of the baked models and datasets failed: "
@@ -688,12 +648,3 @@ def self_check(image_id: str, job: ResolvedJob) -> str:
             hint="check the repo's include patterns and that the files load",
         )
     return "\n".join(line.removeprefix("bake-fetch: ") for line in lines)
-
-
-def _human(size: int) -> str:
-    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if size >= 1 << shift:
-            return f"{size / (1 << shift):g} {unit}"
-    return f"{size} B"
-
-

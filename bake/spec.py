@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from .errors import SpecError
 from .reference import parse_image_ref
+from .units import format_size, parse_duration, parse_size
 
 __all__ = [
     "HubRepo",
@@ -34,7 +35,6 @@ __all__ = [
 ]
 
 MAX_SPEC_BYTES = 1 << 20
-MAX_JOB_BYTES = 512 << 20
 MAX_JOB_FILES = 10_000
 MAX_TEXT = 4096
 MAX_REQUIREMENTS = 1000
@@ -42,17 +42,12 @@ MAX_REQUIREMENTS = 1000
 # docker CLI, and Linux refuses any single argument over 128 KiB (MAX_ARG_STRLEN) with
 # E2BIG: past this budget a valid-looking spec would fail as an Engine error.
 MAX_MANIFEST_TEXT = 64 << 10
-# Longer size or duration strings are not sizes: they would only overflow float() or
-# trip Python's int() digit limit (a traceback instead of exit 2).
-_MAX_NUMBER_TEXT = 32
 
 _WORD = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}", re.ASCII)
 _REPO_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
 _REPO_ID = re.compile(rf"{_REPO_PART}(?:/{_REPO_PART})?", re.ASCII)
 _REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,199}", re.ASCII)
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}", re.ASCII)
-_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?", re.ASCII | re.IGNORECASE)
-_DURATION = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s?)?", re.ASCII)
 _GPUS = re.compile(r"|all|device=\d+(?:,\d+)*", re.ASCII)
 _PATTERN = re.compile(r"[^\x00-\x1f\x7f]{1,256}")
 # PEP 508's name: starts and ends with a letter or digit.
@@ -60,7 +55,6 @@ _SIMPLE_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?", re.ASCI
 _SIMPLE_PIN = re.compile(
     r"([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)[ \t]*==[ \t]*([0-9]+(?:\.[0-9]+)*)", re.ASCII
 )
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
 @dataclass(frozen=True)
@@ -81,6 +75,7 @@ class JobFile:
     dest: str
     source: Path
     mode: int
+    size: int = 0
 
 
 @dataclass(frozen=True)
@@ -111,6 +106,9 @@ class JobSpec:
     run: RunLimits = field(default_factory=RunLimits)
     root: Path = Path(".")
     path: Path = Path("bake.toml")
+    #: Every path the parser read or walked (the spec, a requirements file, job files as
+    #: named and as resolved, folders walked): what the fast path's record checks.
+    inputs: tuple[Path, ...] = field(default=(), compare=False)
 
 
 # The schema: every table's keys and a checker for each.  Unknown keys are errors.
@@ -206,8 +204,9 @@ def parse_requirement(line: str, *, field: str = "python.requirements") -> str:
         # The common case, "name==version", normalised exactly as packaging would,
         # without importing it: the key of a cache hit is computed on every build.
         return f"{_canonical_name(simple.group(1))}=={simple.group(2)}"
-    from packaging.requirements import InvalidRequirement, Requirement
-    from packaging.utils import canonicalize_name
+    # Heavy, and only needed past the common "name==version": never on a key hit.
+    from packaging.requirements import InvalidRequirement, Requirement  # noqa: PLC0415
+    from packaging.utils import canonicalize_name  # noqa: PLC0415
 
     try:
         req = Requirement(text)
@@ -250,6 +249,7 @@ class _Parser:
     def __init__(self, root: Path, where: str | None) -> None:
         self.root = root
         self.where = where
+        self.read: list[Path] = []
 
     def spec(self, data: Mapping[str, Any], path: Path) -> JobSpec:
         _keys(data, _TOP, "")
@@ -327,6 +327,7 @@ class _Parser:
             run=run,
             root=self.root,
             path=path,
+            inputs=(path, *self.read),
         )
 
     def requirements(self, python: Mapping[str, Any]) -> tuple[str, ...]:
@@ -338,6 +339,7 @@ class _Parser:
         req_file = python.get("requirements_file")
         if req_file is not None:
             source = self.inside(req_file, "python.requirements_file")
+            self.read.append(source)
             if not source.is_file():
                 raise SpecError(f"{req_file} is not a file", field="python.requirements_file")
             blob = _read_bounded(source, MAX_SPEC_BYTES, what="a requirements file",
@@ -408,12 +410,13 @@ class _Parser:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise SpecError("must be a list of relative paths", field="job.files")
         found: dict[str, JobFile] = {}
-        total = 0
         for i, entry in enumerate(value):
             where = f"job.files[{i}]"
             source = self.inside(entry, where)
             walk = sorted(source.rglob("*")) if source.is_dir() else [source]
+            self.read.append(source)
             for item in walk:
+                self.read.append(item)
                 if item.is_symlink():
                     target = item.resolve()
                     if self.root not in target.parents:
@@ -426,16 +429,14 @@ class _Parser:
                                     field=where)
                 dest = item.relative_to(self.root).as_posix()
                 stat = item.stat()
-                total += stat.st_size
                 mode = 0o755 if stat.st_mode & 0o111 else 0o644
                 # The real file, not the link: the build opens it without following
                 # links, so a link swapped in after this check cannot lead out.
-                found[dest] = JobFile(dest, item.resolve(), mode)
+                found[dest] = JobFile(dest, item.resolve(), mode, stat.st_size)
+                if found[dest].source != item:
+                    self.read.append(found[dest].source)
         if len(found) > MAX_JOB_FILES:
             raise SpecError(f"more than {MAX_JOB_FILES} files", field="job.files")
-        if total > MAX_JOB_BYTES:
-            raise SpecError(f"job files total {total >> 20} MiB, more than {MAX_JOB_BYTES >> 20} "
-                            "MiB", field="job.files", hint="ship data as a [[datasets]] entry")
         return tuple(found[k] for k in sorted(found))
 
     def run(self, table: Mapping[str, Any]) -> RunLimits:
@@ -514,30 +515,22 @@ def _text(value: Any, field_name: str, *, limit: int = MAX_TEXT, allow_empty: bo
 
 
 def _size(value: Any, field_name: str, *, minimum: int) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        number = value
-    elif (isinstance(value, str) and len(value) <= _MAX_NUMBER_TEXT
-            and (match := _SIZE.fullmatch(value.strip()))):
-        number = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
-    else:
-        raise SpecError(f"must be a size such as \"512m\" or \"8g\", not {_show(value)}",
-                        field=field_name)
-    if not minimum <= number <= 1 << 50:
-        raise SpecError(f"must be at least {minimum >> 20} MiB", field=field_name)
+    try:
+        number = parse_size(value)
+    except ValueError as exc:
+        raise SpecError(str(exc), field=field_name) from None
+    if number < minimum:
+        raise SpecError(f"must be at least {format_size(minimum)}", field=field_name)
+    if number > 1 << 50:
+        raise SpecError(f"must be at most {format_size(1 << 50)}", field=field_name)
     return number
 
 
 def _duration(value: Any, field_name: str) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        seconds = value
-    elif (isinstance(value, str) and value and len(value) <= _MAX_NUMBER_TEXT
-            and (match := _DURATION.fullmatch(value.strip()))):
-        h, m, s = (int(g) if g else 0 for g in match.groups())
-        seconds = h * 3600 + m * 60 + s
-    else:
-        raise SpecError(f"must be a duration such as \"90s\", \"30m\" or \"2h\", not "
-                        f"{_show(value)}",
-                        field=field_name)
+    try:
+        seconds = int(parse_duration(value))
+    except ValueError as exc:
+        raise SpecError(str(exc), field=field_name) from None
     if not 1 <= seconds <= 7 * 24 * 3600:
         raise SpecError("must be between 1 second and 7 days", field=field_name)
     return seconds

@@ -26,10 +26,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from bake.engine import Engine
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from hubserver import RunningHub, demo_repos, start_hub
 
-from bake.cache.engine import bridge_gateway
+ENGINE = Engine.from_env()
 
 SIZE_MB = int(os.environ.get("BENCH_HUB_MB", "256"))
 REBUILDS = int(os.environ.get("BENCH_REBUILDS", "3"))
@@ -79,7 +81,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bake-bench-hub-"))
     images: list[str] = []
     # Made once, before the clock: the server hashes the generated weights on first request.
-    with start_hub(demo_repos(big_mb=SIZE_MB), host=bridge_gateway()) as hub:
+    with start_hub(demo_repos(big_mb=SIZE_MB), host=ENGINE.bridge_gateway()) as hub:
         env = dict(os.environ, BAKE_EGRESS_ALLOW_HTTP=hub.endpoint,
                    BAKE_BUILD_HF_ENDPOINT=hub.endpoint)
         try:

@@ -153,7 +153,8 @@ def second_engine(seed: Callable[[str], None], *, label: str = "engine2",
     ``data_size`` (e.g. "600m") puts its data root on a tmpfs of that size: a
     machine whose disk fills up.  ``resolv_conf`` is the ``/etc/resolv.conf`` this
     engine sees (in a mount namespace of its own; the host's file is untouched):
-    e.g. a machine whose resolver is systemd-resolved's 127.0.0.53.
+    e.g. a machine whose resolver is systemd-resolved's 127.0.0.53.  ``extra_args``
+    go to dockerd (e.g. a TLS listener).
     """
     if os.geteuid() != 0:
         raise MachineError("a second dockerd needs root")

@@ -1,4 +1,4 @@
-"""The docker CLI, driving BuildKit: the only module of bake that runs a subprocess of it.
+"""The docker CLI, driving BuildKit: the only module of bake that runs it.
 
 Plan, then execute: :func:`plan_build` computes the argv and environment (pure,
 tested without Docker); :func:`run_build` runs it with a deadline, streams its
@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import os
 import queue
 import re
 import shutil
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -26,7 +26,9 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from .. import proc
 from ..errors import EngineError, SetupError, SetupTimeout
+from ..state import state_dir
 
 __all__ = [
     "PROXY_ARGS",
@@ -45,6 +47,8 @@ PROXY_ARGS = (
     "FTP_PROXY", "ftp_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy",
 )
 _CANCEL_GRACE = 15.0
+# The CLI's own view of where the engine is; bake sets them from its settings.
+_ENGINE_VARIABLES = ("DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH", "DOCKER_CONTEXT")
 
 
 @dataclass(frozen=True)
@@ -69,23 +73,17 @@ class BuildPlan:
 
 def _client_version(path: str) -> str | None:
     try:
-        out = subprocess.run(
-            [path, "version", "--format", "{{.Client.Version}}"],
-            capture_output=True, text=True, timeout=20, check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
+        out = proc.run([path, "version", "--format", "{{.Client.Version}}"], timeout=20)
+    except OSError:
         return None
-    version = out.stdout.strip()
-    return version or None
+    return out.stdout.strip() or None
 
 
 def _has_buildx(path: str) -> bool:
     try:
-        out = subprocess.run([path, "buildx", "version"], capture_output=True, timeout=20,
-                             check=False)
-    except (OSError, subprocess.TimeoutExpired):
+        return proc.run([path, "buildx", "version"], timeout=20).ok
+    except OSError:
         return False
-    return out.returncode == 0
 
 
 def _major(version: str) -> int:
@@ -111,12 +109,12 @@ _PLUGIN_DIRS = (
 )
 
 
-def _cli_fingerprint(configured: str) -> str:
+def _cli_fingerprint(configured: str, docker_config: str) -> str:
     """What decides find_cli's answer: the candidates' files and the plugin folders."""
-    parts = [configured, os.environ.get("DOCKER_CONFIG", "")]
+    parts = [configured, docker_config]
     plugin_dirs = [os.path.expanduser(d) for d in _PLUGIN_DIRS]
-    if os.environ.get("DOCKER_CONFIG"):
-        plugin_dirs.append(os.path.join(os.environ["DOCKER_CONFIG"], "cli-plugins"))
+    if docker_config:
+        plugin_dirs.append(os.path.join(docker_config, "cli-plugins"))
     for path in [*_candidates(configured), *plugin_dirs]:
         try:
             st = os.stat(path)
@@ -127,18 +125,15 @@ def _cli_fingerprint(configured: str) -> str:
 
 
 @lru_cache(maxsize=4)
-def find_cli(configured: str = "") -> DockerCLI:
+def find_cli(configured: str = "", docker_config: str = "") -> DockerCLI:
     """``docker buildx build`` where buildx exists, else a classic CLI < 23 + DOCKER_BUILDKIT=1.
 
-    Asking each candidate takes two or three subprocesses; the answer is kept in
-    the state folder until a candidate binary or a plugin folder changes.
+    ``docker_config`` is ``$DOCKER_CONFIG`` (where plugins may live).  Asking each
+    candidate takes two or three subprocesses; the answer is kept in the state
+    folder until a candidate binary or a plugin folder changes.
     """
-    import json
-
-    from ..settings import state_dir
-
     record = state_dir() / "docker-cli.json"
-    fingerprint = _cli_fingerprint(configured)
+    fingerprint = _cli_fingerprint(configured, docker_config)
     try:
         kept = json.loads(record.read_text())
         if kept["fingerprint"] == fingerprint:
@@ -188,8 +183,15 @@ def plan_build(
     target: str | None = None,
     cache_from: Sequence[str] = (),
     inline_cache: bool = False,
+    engine_env: Mapping[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> BuildPlan:
-    """The argv and environment of one build.  Pure."""
+    """The argv and environment of one build.  Pure but for reading ``os.environ`` when
+    ``environ`` is not given.
+
+    ``engine_env`` points the CLI at the engine bake talks to (DOCKER_HOST and its
+    TLS variables, from the settings); proxy variables of the caller never pass.
+    """
     argv: list[str] = [*cli.argv, "--progress=plain", "--iidfile", str(iidfile)]
     # Every predefined proxy arg is set explicitly, empty when there is no proxy, so
     # the proxies in the seller's ~/.docker/config.json can never fill them in.
@@ -214,7 +216,10 @@ def plan_build(
     if target:
         argv += ["--target", target]
     argv += ["--file", str(context / "Dockerfile"), str(context)]
-    env = {k: v for k, v in os.environ.items() if k.upper() not in PROXY_ARGS}
+    base_env = os.environ if environ is None else environ
+    env = {k: v for k, v in base_env.items()
+           if k.upper() not in PROXY_ARGS and k not in _ENGINE_VARIABLES}
+    env.update(engine_env or {})
     env.update(dict(cli.env))
     return BuildPlan(tuple(argv), env, iidfile)
 
@@ -234,33 +239,15 @@ def run_build(
     if not shutil.which(plan.argv[0]) and not os.access(plan.argv[0], os.X_OK):
         raise EngineError(f"docker CLI {plan.argv[0]} is missing")
     tail: collections.deque[str] = collections.deque(maxlen=keep_lines)
-    lines: queue.Queue[str | None] = queue.Queue()
     deadline = time.monotonic() + timeout
     try:
-        proc = subprocess.Popen(
-            plan.argv,
-            env=dict(plan.env),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            # Own session: a terminal's Ctrl-C reaches bake, which then cancels the
-            # build itself and knows that it did.
-            start_new_session=True,
-        )
+        build = proc.Process(plan.argv, env=plan.env)
     except OSError as exc:
         raise EngineError(f"cannot run {plan.argv[0]}: {exc.strerror}") from exc
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for raw in iter(proc.stdout.readline, b""):
-            lines.put(raw.decode("utf-8", "replace").rstrip("\n"))
-        lines.put(None)
-
-    reader = threading.Thread(target=pump, name="bake-build-log", daemon=True)
     finished = False
     try:
-        # Inside the try: a signal that lands right after Popen still cancels the build.
-        reader.start()
+        # Inside the try: a signal that lands right after the start still cancels the build.
+        build.start_reading()
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -271,23 +258,20 @@ def run_build(
                     hint="raise egress.setup_timeout in the seller config if the job needs longer",
                 )
             try:
-                line = lines.get(timeout=min(remaining, 0.5))
+                line = build.lines.get(timeout=min(remaining, 0.5))
             except queue.Empty:
                 continue
             if line is None:
                 break
             tail.append(line)
             on_line(line)
-        code = proc.wait()
+        code = build.wait()
         finished = True
     finally:
         if not finished:
             with _signals_deferred():
-                _cancel(proc)
-        if reader.is_alive():
-            reader.join(timeout=5)
-        if proc.stdout is not None:
-            proc.stdout.close()
+                build.cancel(_CANCEL_GRACE)
+        build.close()
     if code != 0:
         if any("no space left on device" in line.lower() for line in tail):
             # Not the job's fault and not fixed by editing the spec: say so.
@@ -337,19 +321,6 @@ def _signals_deferred() -> Iterator[None]:
             # Re-deliver the first one through the restored handler (KeyboardInterrupt, or
             # the CLI's Interrupted for SIGTERM).
             signal.raise_signal(held[0])
-
-
-def _cancel(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(timeout=_CANCEL_GRACE)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    except ProcessLookupError:
-        pass
 
 
 _STEP_OUTPUT = re.compile(r"#\d+ \d+\.\d+ (.*)")

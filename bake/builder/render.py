@@ -2,7 +2,7 @@
 
 The context holds exactly: ``Dockerfile``, ``bake/requirements.txt``; when the job
 fetches from the Hub, ``bake/hub-client.txt`` (the fetch stages' pinned client, a
-file of the ``_base`` template), ``bake/hubfetch.py`` and ``bake/hub/<n>.json``;
+files of the ``_base`` template), ``bake/hubfetch.py`` and ``bake/hub/<n>.json``;
 and the job's declared files under ``job/``.  Nothing else of the host is sent.
 """
 
@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import SetupError
-from ..resolve import ResolvedJob
-from .templates import HUBFETCH
+from ..job import ResolvedJob
 
 __all__ = ["BuildContext", "ContextFile", "hub_cache_dir", "render"]
 
 HF_HOME = "/opt/hf"
 HUB_CLIENT = "hub-client.txt"
+HUBFETCH = "hubfetch.py"
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ def hub_cache_dir(kind: str, repo: str) -> str:
 
 
 def render(job: ResolvedJob, *, ca_bundle: bool, hub_token: bool = False) -> BuildContext:
-    import jinja2
+    import jinja2  # noqa: PLC0415 - heavy: never on a key hit
 
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader([str(p) for p in job.template.search_path]),
@@ -121,8 +121,8 @@ def render(job: ResolvedJob, *, ca_bundle: bool, hub_token: bool = False) -> Bui
         ContextFile("bake/requirements.txt", "".join(f"{r}\n" for r in spec.requirements).encode())
     ]
     if hub:
-        files.append(ContextFile("bake/hub-client.txt", source=_hub_client(job)))
-        files.append(ContextFile("bake/hubfetch.py", source=HUBFETCH))
+        files.append(ContextFile("bake/hub-client.txt", source=job.template.base_file(HUB_CLIENT)))
+        files.append(ContextFile("bake/hubfetch.py", source=job.template.base_file(HUBFETCH)))
         for entry, resolved in zip(hub, job.hub_repos, strict=True):
             doc = {
                 "kind": resolved.repo.kind,
@@ -139,13 +139,3 @@ def render(job: ResolvedJob, *, ca_bundle: bool, hub_token: bool = False) -> Bui
         for f, digest in zip(spec.files, job.file_digests, strict=True)
     )
     return BuildContext(dockerfile, tuple(files))
-
-
-def _hub_client(job: ResolvedJob) -> Path:
-    """``_base/hub-client.txt`` from the first folder that has one: the same ``_base`` whose
-    Dockerfile Jinja extends and whose files feed the template's digest."""
-    for folder in job.template.search_path:
-        candidate = folder / "_base" / HUB_CLIENT
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"no _base/{HUB_CLIENT} in {job.template.search_path}")

@@ -5,8 +5,7 @@ nothing else on the engine is ever listed or touched.  "Last used" is the time
 bake last built, hit, pulled or ran the key (:func:`bake.cache.store.last_used`);
 an image bake never recorded counts from its creation.
 
-Plan, then execute: :func:`parse_duration`, :func:`parse_size` and
-:func:`plan_prune` are pure; :func:`prune` asks the engine, plans, and removes
+Plan, then execute: :func:`plan_prune` is pure; :func:`prune` asks the engine, plans, and removes
 by tag (never by id, never forced), so the engine itself refuses to remove an
 image that a container -- running or stopped -- still uses.
 """
@@ -17,31 +16,23 @@ import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ..engine import Engine
 from ..errors import EngineError, UsageError
+from ..units import format_size
 from .store import last_used
-
-if TYPE_CHECKING:
-    from ..settings import Settings
 
 __all__ = [
     "BakedImage",
     "PrunePlan",
     "PruneReport",
-    "human_size",
     "list_images",
-    "parse_duration",
-    "parse_size",
     "plan_prune",
     "prune",
 ]
 
 _KEY = re.compile(r"[0-9a-f]{64}")
-_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?", re.ASCII | re.IGNORECASE)
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([wdhms])", re.ASCII)
-_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-_SECONDS = {"w": 7 * 86400, "d": 86400, "h": 3600, "m": 60, "s": 1}
 
 
 @dataclass(frozen=True)
@@ -74,35 +65,11 @@ class BakedImage:
     def row(self) -> tuple[str, str, str, str, str, str]:
         now = time.time()
         used = _ago(now - self.last_used) if self.last_used is not None else "never"
-        return (self.image, self.key[:12], self.template or "-", human_size(self.size),
+        return (self.image, self.key[:12], self.template or "-", format_size(self.size),
                 _ago(now - self.created), used + (" (in use)" if self.in_use else ""))
 
 
 # --- the plan: pure --------------------------------------------------------------------------
-
-
-def parse_size(text: str, *, option: str = "--keep-size") -> int:
-    """``"50g"``, ``"512MiB"``, ``"1.5t"``, ``"0"`` -> bytes (binary units, as docker -m)."""
-    match = _SIZE.fullmatch(text.strip()) if isinstance(text, str) else None
-    if match is None:
-        raise UsageError(f"{option} {text!r} is not a size",
-                         hint="write a number and a unit, e.g. 500m, 50g or 1.5t")
-    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
-
-
-def parse_duration(text: str, *, option: str = "--older-than") -> float:
-    """``"7d"``, ``"12h"``, ``"1d12h"``, ``"2w"``, ``"90s"`` -> seconds."""
-    value = text.strip().lower() if isinstance(text, str) else ""
-    pos, total = 0, 0.0
-    for match in _DURATION_PART.finditer(value):
-        if match.start() != pos:
-            break
-        total += float(match.group(1)) * _SECONDS[match.group(2)]
-        pos = match.end()
-    if not value or pos != len(value):
-        raise UsageError(f"{option} {text!r} is not a duration",
-                         hint="write a number and a unit (w, d, h, m, s), e.g. 7d, 12h or 1d12h")
-    return total
 
 
 @dataclass(frozen=True)
@@ -174,22 +141,12 @@ class PruneReport:
             text = f"nothing to remove; {self.kept} baked image(s) kept"
         else:
             text = (f"removed {len(self.removed)} image(s), freed about "
-                    f"{human_size(self.freed)}; {self.kept} kept")
+                    f"{format_size(self.freed)}; {self.kept} kept")
         if self.spared:
             text += f"; {len(self.spared)} spared because a container uses it"
         if self.errors:
             text += "; could not remove: " + "; ".join(self.errors)
         return text
-
-
-def human_size(size: int) -> str:
-    """Decimal units, as ``docker images`` prints them."""
-    value = float(size)
-    for unit in ("B", "kB", "MB", "GB"):
-        if value < 1000:
-            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.3g}{unit}"
-        value /= 1000
-    return f"{value:.3g}TB"
 
 
 def _ago(seconds: float) -> str:
@@ -232,61 +189,43 @@ def baked_from(entries: Iterable[dict[str, Any]], repository: str,
 # --- the execution: the engine ---------------------------------------------------------------
 
 
-def _engine_state(client: Any) -> tuple[list[dict[str, Any]], set[str]]:
+def _engine_state(engine: Engine) -> tuple[list[dict[str, Any]], set[str]]:
     """(the engine's images with their shared sizes, ids of images any container uses)."""
-    import docker.errors
-
     try:
-        try:
-            # /system/df knows each image's shared size; plain /images/json does not.
-            entries = list(client.df().get("Images") or [])
-        except docker.errors.APIError:
-            # e.g. "a disk usage operation is already running": sizes then count whole images.
-            entries = list(client.api.images(filters={"label": "bake.key"}))
-        containers = client.api.containers(all=True)
-    except docker.errors.APIError as exc:
-        raise EngineError(f"the Docker Engine failed to list images: {exc.explanation or exc}"
-                          ) from exc
+        # /system/df knows each image's shared size; plain /images/json does not.
+        entries = list(engine.disk_usage().get("Images") or [])
+    except EngineError as exc:
+        if exc.unreachable:
+            raise
+        # e.g. "a disk usage operation is already running": sizes then count whole images.
+        entries = engine.images(label="bake.key")
+    containers = engine.containers(all=True)
     in_use = {str(c.get("ImageID") or "") for c in containers}
     return entries, in_use
 
 
-def _images(client: Any, repository: str) -> list[BakedImage]:
-    entries, in_use = _engine_state(client)
+def _images(engine: Engine, repository: str) -> list[BakedImage]:
+    entries, in_use = _engine_state(engine)
     return [replace(i, last_used=last_used(i.key))
             for i in baked_from(entries, repository, in_use)]
 
 
-def list_images(*, settings: Settings | None = None) -> list[BakedImage]:
-    """bake's images of the configured repository, most recently used first."""
-    from ..settings import load_settings
-    from .store import docker_client
-
-    cfg = settings if settings is not None else load_settings()
-    found = _images(docker_client(), cfg.image_repository)
-    return sorted(found, key=lambda i: i.recency, reverse=True)
+def list_images(engine: Engine, repository: str) -> list[BakedImage]:
+    """bake's images of ``repository`` on this engine, most recently used first."""
+    return sorted(_images(engine, repository), key=lambda i: i.recency, reverse=True)
 
 
-def prune(*, settings: Settings | None = None, older_than: str | None = None,
-          keep_size: str | None = None) -> PruneReport:
+def prune(engine: Engine, repository: str, *, older_than: float | None = None,
+          keep_size: int | None = None) -> PruneReport:
     """Remove the least recently used of bake's images; never one a container uses."""
-    import docker.errors
-
-    from ..settings import load_settings
-    from .store import docker_client
-
     if older_than is None and keep_size is None:
         raise UsageError(
             "say what to remove: --older-than (unused for that long) and/or --keep-size "
             "(at most that much kept)",
             hint="e.g. bake prune --older-than 7d, or bake prune --keep-size 50g",
         )
-    age = parse_duration(older_than) if older_than is not None else None
-    budget = parse_size(keep_size) if keep_size is not None else None
-    cfg = settings if settings is not None else load_settings()
-    client = docker_client()
-    images = _images(client, cfg.image_repository)
-    plan = plan_prune(images, now=time.time(), older_than=age, keep_size=budget)
+    images = _images(engine, repository)
+    plan = plan_prune(images, now=time.time(), older_than=older_than, keep_size=keep_size)
 
     removed: list[BakedImage] = []
     spared = list(plan.spared)
@@ -295,14 +234,15 @@ def prune(*, settings: Settings | None = None, older_than: str | None = None,
         try:
             # By tag and unforced: the engine refuses if a container appeared meanwhile,
             # and an image that carries other names only loses this one.
-            client.api.remove_image(image.image, force=False, noprune=False)
-        except docker.errors.ImageNotFound:
-            continue
-        except docker.errors.APIError as exc:
-            if exc.status_code == 409:
+            if not engine.remove_image(image.image):
+                continue
+        except EngineError as exc:
+            if exc.status == 409:
                 spared.append(replace(image, in_use=True))
+            elif exc.unreachable:
+                raise
             else:
-                errors.append(f"{image.image}: {exc.explanation or exc}")
+                errors.append(f"{image.image}: {exc.message}")
             continue
         removed.append(image)
     return PruneReport(tuple(removed), tuple(spared), len(images) - len(removed), tuple(errors))

@@ -11,10 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from ..resolve import ResolvedJob
+from ..job import ResolvedJob, ResolvedRepo
 
 __all__ = ["BUILDER_VERSION", "ImageKey", "canonical_json", "compute_key", "manifest_of"]
 
@@ -84,7 +83,7 @@ def compute_key(job: ResolvedJob) -> ImageKey:
     return ImageKey(digest, manifest)
 
 
-def _repo(resolved: Any) -> dict[str, Any]:
+def _repo(resolved: ResolvedRepo) -> dict[str, Any]:
     return {
         "repo": resolved.repo.repo,
         "revision": resolved.repo.revision,

@@ -1,8 +1,8 @@
-"""The local image store: key hits, the per-key build lock, pulls, listing, removal.
+"""bake's own records of the local store: the per-key build lock and when each key was used.
 
-Hits go through the lean Engine client (:mod:`bake.cache.engine`); everything
-slower uses the docker SDK, imported only here, in the registry module and in
-the runner, and only when needed.
+The images themselves are the engine's (:mod:`bake.engine`); what bake keeps
+beside them, in its state folder, is one lock file per key (one builder per key,
+across processes) and one "last used" stamp per key (for ``bake prune``).
 """
 
 from __future__ import annotations
@@ -14,28 +14,10 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from ..errors import EngineError
-from ..settings import state_dir
-from .engine import engine_hint, inspect_image
+from ..state import state_dir
 
-if TYPE_CHECKING:
-    import docker
-
-__all__ = [
-    "docker_client",
-    "has_image",
-    "key_lock",
-    "last_used",
-    "pull_image",
-    "record_use",
-    "remove_image",
-]
-
-
-def has_image(ref: str) -> bool:
-    return inspect_image(ref) is not None
+__all__ = ["key_lock", "last_used", "record_use"]
 
 
 @contextlib.contextmanager
@@ -67,46 +49,6 @@ def key_lock(
         yield
     finally:
         os.close(fd)
-
-
-def docker_client(*, max_pool_size: int = 10) -> docker.DockerClient:
-    """``max_pool_size``: connections held at once (a multi-node run follows every
-    node's output and exit at the same time)."""
-    import docker
-    import docker.errors
-
-    try:
-        client = docker.from_env(timeout=600, max_pool_size=max_pool_size)
-        client.ping()
-    except docker.errors.DockerException as exc:
-        raise EngineError(f"cannot reach the Docker Engine: {exc}", hint=engine_hint()) from exc
-    return client
-
-
-def pull_image(ref: str) -> None:
-    import docker.errors
-
-    client = docker_client()
-    try:
-        client.images.pull(ref)
-    except docker.errors.APIError as exc:
-        raise EngineError(
-            f"cannot pull {ref}: {exc.explanation or exc}",
-            hint=f"pull it by hand, or make a base from Debian packages: bake base build "
-            f"--tag {ref}",
-        ) from exc
-
-
-def remove_image(ref: str, *, force: bool = False) -> None:
-    import docker.errors
-
-    client = docker_client()
-    try:
-        client.images.remove(ref, force=force, noprune=False)
-    except docker.errors.ImageNotFound:
-        pass
-    except docker.errors.APIError as exc:
-        raise EngineError(f"cannot remove {ref}: {exc.explanation or exc}") from exc
 
 
 def _uses_dir() -> Path:

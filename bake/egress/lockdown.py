@@ -22,7 +22,7 @@ matched by their bridges' name prefix, so one set of rules covers every job::
                                      anything else from or to a node bridge: dropped
 
 DROP, not REJECT, here: the host has no address on a node bridge, so a reject
-would leave from another interface.  :func:`ensure_node_rules` installs them (they
+would leave by another interface.  :func:`ensure_node_rules` installs them (they
 touch nothing but bake's own bridges, so ``bake run`` may add them itself), and
 :func:`prove_nodes` shows from a canary on a job's network that the host, on every
 one of its addresses, does not answer.
@@ -30,29 +30,38 @@ one of its addresses, does not answer.
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import itertools
 import json
 import shutil
 import socket
-import subprocess
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from .. import proc
+from ..engine import Engine
 from ..errors import BakeError, EgressError, EngineError, UsageError
-
-if TYPE_CHECKING:
-    from ..settings import Settings
-    from .policy import EgressPolicy
-    from .proxy import ProxyLimits, RunningProxy
+from ..nodes import BRIDGE_PREFIX, NODE_DNS, OWNER_LABEL
+from ..state import state_dir
+from .policy import EgressPolicy
+from .proxy import ProxyLimits, RunningProxy, start_proxy
+from .relay import IndexRelay
 
 __all__ = [
     "PROXY_PORTS",
+    "Neighbour",
     "Proof",
+    "bridge_neighbours",
+    "describe_neighbours",
     "ensure_node_rules",
+    "host_addresses",
     "lock",
+    "neighbours_note",
     "node_rules_present",
     "prove",
     "prove_nodes_recent",
@@ -79,15 +88,65 @@ class Proof:
         return {"enforced": self.enforced, "detail": self.detail, "checks": self.checks}
 
 
-def _bridge_name() -> str:
-    from ..cache.engine import _get
+@dataclass(frozen=True)
+class Neighbour:
+    """A container on the default bridge that is not bake's: the lock confines it too."""
 
-    status_code, data = _get("/networks/bridge")
-    if status_code == 200 and isinstance(data, dict):
-        name = (data.get("Options") or {}).get("com.docker.network.bridge.name")
-        if name:
-            return str(name)
-    return "docker0"
+    name: str
+    state: str  # "running", "exited", "created", ...
+    image: str = ""
+
+
+# bake's own containers: the egress canary (on the bridge for a second) and the jobs
+# of `bake run` (network none, or a network of their own).
+_BAKE_NAME_PREFIXES = ("bake-canary-", "bake-job-")
+
+
+def bridge_neighbours(engine: Engine) -> list[Neighbour]:
+    """The containers attached to the default bridge that are not bake's, by name."""
+    found = []
+    for container in engine.containers(all=True):
+        networks = ((container.get("NetworkSettings") or {}).get("Networks") or {})
+        mode = str((container.get("HostConfig") or {}).get("NetworkMode") or "")
+        if "bridge" not in networks and mode not in ("bridge", "default"):
+            continue
+        names = [str(n).lstrip("/") for n in container.get("Names") or []]
+        name = names[0] if names else str(container.get("Id", ""))[:12]
+        labels = container.get("Labels") or {}
+        if "bake.job" in labels or name.startswith(_BAKE_NAME_PREFIXES):
+            continue
+        found.append(Neighbour(name, str(container.get("State") or "unknown"),
+                               str(container.get("Image") or "")))
+    return sorted(found, key=lambda n: n.name)
+
+
+def describe_neighbours(neighbours: list[Neighbour], bridge: str, *, locked: bool) -> str:
+    """What the lock does (or would do) to the seller's own containers on the bridge.  Pure."""
+    if not neighbours:
+        return f"no containers on {bridge} but bake's"
+    ports = f"{PROXY_PORTS.start}-{PROXY_PORTS.stop - 1}"
+    listed = ", ".join(
+        n.name if n.state == "running" else f"{n.name} ({n.state}; confined once started)"
+        for n in neighbours)
+    count = f"{len(neighbours)} container{'s' if len(neighbours) > 1 else ''}"
+    verb = "are confined by the lock too" if locked else "would be confined by `bake egress lock`"
+    return (
+        f"{count} on {bridge} that {'are' if len(neighbours) > 1 else 'is'} not bake's {verb}: "
+        f"{listed}. Under the lock they reach only TCP ports {ports} on this host (bake's "
+        "proxies): no internet, no DNS, no other container, no other host port; "
+        "their published ports answer connections from this host only. To keep their "
+        "network, move them to a network of their own (docker network create NET; "
+        "docker network connect NET NAME; docker network disconnect bridge NAME)"
+    )
+
+
+def neighbours_note(engine: Engine, *, locked: bool) -> str:
+    """:func:`describe_neighbours` for this engine's bridge; never raises for a broken engine."""
+    try:
+        bridge = engine.bridge_name()
+        return describe_neighbours(bridge_neighbours(engine), bridge, locked=locked)
+    except EngineError as exc:
+        return f"cannot list the containers on the default bridge: {exc.message}"
 
 
 def _tables() -> list[str]:
@@ -98,14 +157,17 @@ def _tables() -> list[str]:
     return found
 
 
-def _ipt(table: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([table, "-w", *args], capture_output=True, text=True, check=False)
-    if check and proc.returncode != 0:
-        message = (proc.stderr or proc.stdout).strip().splitlines()
-        reason = message[-1] if message else f"exit {proc.returncode}"
+def _ipt(table: str, *args: str, check: bool = True) -> proc.Completed:
+    try:
+        answer = proc.run([table, "-w", *args])
+    except OSError as exc:
+        raise BakeError(f"cannot run {table}: {exc.strerror or exc}",
+                        hint="install iptables and run as root") from exc
+    if check and not answer.ok:
+        reason = answer.last_line()
         hint = "run as root" if "ermission" in reason else None
         raise BakeError(f"{table} {' '.join(args)} failed: {reason}", hint=hint)
-    return proc
+    return answer
 
 
 def _rules(bridge: str, table: str) -> dict[str, list[list[str]]]:
@@ -130,8 +192,8 @@ def _rules(bridge: str, table: str) -> dict[str, list[list[str]]]:
 _PARENT = {CHAIN_IN: "INPUT", CHAIN_FWD: "DOCKER-USER"}
 
 
-def lock() -> str:
-    bridge = _bridge_name()
+def lock(engine: Engine) -> str:
+    bridge = engine.bridge_name()
     for table in _tables():
         for chain, rules in _rules(bridge, table).items():
             parent = _PARENT[chain]
@@ -149,7 +211,8 @@ def lock() -> str:
             if _ipt(table, "-C", parent, "-j", chain, check=False).returncode != 0:
                 _ipt(table, "-I", parent, "1", "-j", chain)
     return (f"locked: containers on {bridge} reach only bake's proxy ports "
-            f"{PROXY_PORTS.start}-{PROXY_PORTS.stop - 1} on the host; nothing is forwarded")
+            f"{PROXY_PORTS.start}-{PROXY_PORTS.stop - 1} on the host; nothing is forwarded\n"
+            + neighbours_note(engine, locked=True))
 
 
 def unlock() -> str:
@@ -164,14 +227,14 @@ def unlock() -> str:
     return "unlocked: bake's egress rules removed" if removed else "was not locked"
 
 
-def locked_rules_present() -> bool:
-    bridge = _bridge_name()
+def locked_rules_present(engine: Engine) -> bool:
     try:
+        bridge = engine.bridge_name()
         for chain, rules in _rules(bridge, "iptables").items():
-            if _ipt("iptables", "-C", _PARENT[chain], "-j", chain, check=False).returncode:
+            if not _ipt("iptables", "-C", _PARENT[chain], "-j", chain, check=False).ok:
                 return False
             for rule in rules:
-                if _ipt("iptables", "-C", chain, *rule, check=False).returncode:
+                if not _ipt("iptables", "-C", chain, *rule, check=False).ok:
                     return False
     except (BakeError, OSError):
         return False
@@ -179,14 +242,13 @@ def locked_rules_present() -> bool:
 
 
 def start_build_proxy(policy: EgressPolicy, gateway: str, *, log_path: Path | None,
-                      limits: ProxyLimits) -> RunningProxy:
+                      limits: ProxyLimits, relay: IndexRelay | None = None) -> RunningProxy:
     """Start a proxy on the bridge gateway, on the first free port of :data:`PROXY_PORTS`."""
-    from .proxy import start_proxy
-
     last: Exception | None = None
     for port in PROXY_PORTS:
         try:
-            return start_proxy(policy, host=gateway, port=port, log_path=log_path, limits=limits)
+            return start_proxy(policy, host=gateway, port=port, log_path=log_path, limits=limits,
+                               relay=relay)
         except EgressError as exc:
             last = exc
     raise EgressError(
@@ -216,14 +278,12 @@ print(json.dumps({{"direct": attempt(direct),
 """
 
 
-def _remove_canary(name: str, *, maybe_in_flight: bool) -> None:
+def _remove_canary(engine: Engine, name: str, *, maybe_in_flight: bool) -> None:
     """Remove the canary by name.  When create() never returned (a signal cut it short),
     the Engine may still be creating it: look again for a moment before giving up."""
-    from ..cache.engine import remove_container
-
     for attempt in range(10 if maybe_in_flight else 1):
         try:
-            if remove_container(name):
+            if engine.remove_container(name):
                 return
         except EngineError:
             return
@@ -231,11 +291,9 @@ def _remove_canary(name: str, *, maybe_in_flight: bool) -> None:
             time.sleep(0.1)
 
 
-def prove(image: str, proxy: RunningProxy) -> Proof:
+def prove(engine: Engine, image: str, proxy: RunningProxy) -> Proof:
     """Run the canary in a container on the bridge, next to a live proxy."""
-    from ..cache.engine import container_output, create_container, start_container, wait_container
-
-    rules = locked_rules_present()
+    rules = locked_rules_present(engine)
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         listener.bind((proxy.host, 0))
@@ -247,7 +305,7 @@ def prove(image: str, proxy: RunningProxy) -> Proof:
         name = f"bake-canary-{uuid.uuid4().hex[:16]}"
         created = False
         try:
-            ident = create_container(name, {
+            ident = engine.create_container(name, {
                 "Image": image,
                 "Cmd": ["python3", "-c", _CANARY, proxy.host, str(direct_port),
                         str(proxy.port)],
@@ -257,19 +315,19 @@ def prove(image: str, proxy: RunningProxy) -> Proof:
                                "SecurityOpt": ["no-new-privileges"]},
             })
             created = True
-            start_container(ident)
+            engine.start_container(ident)
             try:
-                code = wait_container(ident, timeout=60)
+                code = engine.wait_container(ident, timeout=60)
             except TimeoutError:
                 return Proof(False, f"the canary in {image} did not finish within 60 s")
-            output = container_output(ident)
+            output = engine.container_output(ident)
             if code != 0:
                 return Proof(False, f"the canary failed to run in {image}: exit {code}")
         except EngineError as exc:
             raise EngineError(f"cannot run the egress canary in {image}: {exc.message}",
                               hint=exc.hint) from exc
         finally:
-            _remove_canary(name, maybe_in_flight=not created)
+            _remove_canary(engine, name, maybe_in_flight=not created)
     finally:
         listener.close()
     try:
@@ -295,22 +353,23 @@ def prove(image: str, proxy: RunningProxy) -> Proof:
 PROOF_TTL = 600.0  # seconds a canary's proof stands while the firewall is unchanged
 
 
-def _firewall_fingerprint(gateway: str) -> str | None:
+def _firewall_fingerprint(engine: Engine, gateway: str) -> str | None:
     """A digest of every rule that decides what the bridge can reach (None: unreadable)."""
-    import hashlib
-
-    digest = hashlib.sha256(f"{_bridge_name()} {gateway} {PROXY_PORTS}".encode())
+    digest = hashlib.sha256(f"{engine.bridge_name()} {gateway} {PROXY_PORTS}".encode())
     for table in ("iptables", "ip6tables"):
         if not shutil.which(table):
             continue
-        proc = subprocess.run([table, "-w", "-S"], capture_output=True, check=False)
-        if proc.returncode != 0:
+        try:
+            rules = _ipt(table, "-S", check=False)
+        except BakeError:
             return None
-        digest.update(proc.stdout)
+        if not rules.ok:
+            return None
+        digest.update(rules.stdout.encode())
     return digest.hexdigest()
 
 
-def prove_recent(image: str, gateway: str) -> Proof:
+def prove_recent(engine: Engine, image: str, gateway: str) -> Proof:
     """:func:`prove`, or a proof that a canary made under the very same firewall rules.
 
     A canary costs a container start (about 0.3 s); a build of a small job takes
@@ -319,18 +378,14 @@ def prove_recent(image: str, gateway: str) -> Proof:
     at most :data:`PROOF_TTL`, a positive proof stands.  A failed proof is never
     kept: the next build tries again.
     """
-    from ..settings import state_dir
-    from .policy import EgressPolicy
-    from .proxy import ProxyLimits
-
     record = state_dir() / "egress-proof.json"
-    fingerprint = _firewall_fingerprint(gateway)
+    fingerprint = _firewall_fingerprint(engine, gateway)
     if fingerprint is not None:
         try:
             kept = json.loads(record.read_text())
             if (kept.get("fingerprint") == fingerprint
                     and 0 <= time.time() - float(kept["at"]) < PROOF_TTL
-                    and locked_rules_present()):
+                    and locked_rules_present(engine)):
                 when = time.strftime("%H:%M:%S", time.localtime(float(kept["at"])))
                 return Proof(True, f"{kept['detail']} (canary at {when}, same firewall rules)",
                              dict(kept.get("checks", {}), cached=True))
@@ -338,7 +393,7 @@ def prove_recent(image: str, gateway: str) -> Proof:
             pass
     deny_all = EgressPolicy.from_settings([], [], [], own_addresses=[gateway])
     with start_build_proxy(deny_all, gateway, log_path=None, limits=ProxyLimits()) as proxy:
-        proof = prove(image, proxy)
+        proof = prove(engine, image, proxy)
     if proof.enforced and fingerprint is not None:
         record.write_text(json.dumps({"fingerprint": fingerprint, "at": time.time(),
                                       "detail": proof.detail, "checks": proof.checks}))
@@ -347,23 +402,15 @@ def prove_recent(image: str, gateway: str) -> Proof:
     return proof
 
 
-def status(*, image: str | None, settings: Settings) -> Proof:
-    """Prove the host's state with a deny-all proxy and a canary container."""
-    from ..builder.templates import find_template
-    from ..cache.engine import bridge_gateway, inspect_image
-    from .policy import EgressPolicy
-    from .proxy import ProxyLimits
-
-    if image is None:
-        image = find_template("python", settings.build.templates).default_base
-    if inspect_image(image) is None:
+def status(engine: Engine, image: str) -> Proof:
+    """Prove the host's state with a deny-all proxy and a canary container in ``image``."""
+    if engine.inspect_image(image) is None:
         raise UsageError(f"the canary image {image} is not on this engine",
                          hint="pass --image with any local image that has python3")
-    gateway = bridge_gateway()
+    gateway = engine.bridge_gateway()
     policy = EgressPolicy.from_settings([], [], [], own_addresses=[gateway])
-    proxy = start_build_proxy(policy, gateway, log_path=None, limits=ProxyLimits())
-    with proxy:
-        return prove(image, proxy)
+    with start_build_proxy(policy, gateway, log_path=None, limits=ProxyLimits()) as proxy:
+        return prove(engine, image, proxy)
 
 
 # -- the networks of multi-node jobs -----------------------------------------------------------
@@ -389,15 +436,9 @@ def _node_rules(prefix: str) -> dict[str, list[list[str]]]:
     }
 
 
-def _bridge_prefix() -> str:
-    from ..nodes import BRIDGE_PREFIX
-
-    return BRIDGE_PREFIX
-
-
 def node_rules_present() -> bool:
     """Are the node chains, their rules and their jumps in place (both tables)?"""
-    rules = _node_rules(_bridge_prefix())
+    rules = _node_rules(BRIDGE_PREFIX)
     try:
         for table in _tables():
             for chain, chain_rules in rules.items():
@@ -416,7 +457,7 @@ def ensure_node_rules() -> None:
     starting at the same moment never sees them empty."""
     if node_rules_present():
         return
-    rules = _node_rules(_bridge_prefix())
+    rules = _node_rules(BRIDGE_PREFIX)
     for table in _tables():
         for chain, chain_rules in rules.items():
             parent = _NODE_PARENT[chain]
@@ -442,20 +483,22 @@ def _node_fingerprint(extra: str) -> str | None:
     Not the whole table: the engine adds rules for every network it creates, bake's
     own job networks included, and those do not change what a node reaches.
     """
-    import hashlib
-
     digest = hashlib.sha256(extra.encode())
-    for table in _tables():
+    try:
+        tables = _tables()
+    except BakeError:
+        return None
+    for table in tables:
         for chain in ("INPUT", "DOCKER-USER", CHAIN_NODES_IN, CHAIN_NODES_FWD):
-            proc = _ipt(table, "-S", chain, check=False)
-            if proc.returncode != 0:
+            answer = _ipt(table, "-S", chain, check=False)
+            if not answer.ok:
                 return None
-            digest.update(proc.stdout.encode())
-        proc = _ipt(table, "-S", "FORWARD", check=False)
-        if proc.returncode != 0:
+            digest.update(answer.stdout.encode())
+        answer = _ipt(table, "-S", "FORWARD", check=False)
+        if not answer.ok:
             return None
         # The policy and what runs before the jump to DOCKER-USER.
-        for line in proc.stdout.splitlines():
+        for line in answer.stdout.splitlines():
             digest.update(line.encode())
             if line.endswith("-j DOCKER-USER"):
                 break
@@ -478,8 +521,6 @@ def host_addresses() -> list[str]:
         inet6 = Path("/proc/net/if_inet6").read_text().splitlines()
     except OSError:
         inet6 = []
-    import ipaddress
-
     for line in inet6:
         fields = line.split()
         if not fields:
@@ -541,8 +582,6 @@ class _HostListeners:
     """TCP and UDP listeners on every address of the host, on one port: the bait."""
 
     def __init__(self) -> None:
-        import threading
-
         self.arrived: list[str] = []
         self._sockets: list[socket.socket] = []
         self._stop = threading.Event()
@@ -589,14 +628,11 @@ class _HostListeners:
             sock.close()
 
 
-def prove_nodes(image: str, python: str, network: str, gateway: str, canary_address: str,
-                *, owner: str = "") -> Proof:
+def prove_nodes(engine: Engine, image: str, python: str, network: str, gateway: str,
+                canary_address: str, *, owner: str = "") -> Proof:
     """A canary on a job's network tries the host on every address (and the network's
     gateway address) over TCP and UDP; nothing may arrive, and the canary must reach
     its own address on that network (so that its failures are the network's)."""
-    from ..cache.engine import container_output, create_container, start_container, wait_container
-    from ..nodes import NODE_DNS
-
     rules = node_rules_present()
     bait = _HostListeners()
     targets = [gateway, *host_addresses()]
@@ -604,31 +640,31 @@ def prove_nodes(image: str, python: str, network: str, gateway: str, canary_addr
     created = False
     try:
         try:
-            ident = create_container(name, {
+            ident = engine.create_container(name, {
                 "Image": image,
                 "Cmd": [python, "-c", _NODE_CANARY, json.dumps(targets), str(bait.port),
                         canary_address],
                 "User": "65534:65534",
                 "Env": [],
                 # The owner label lets a later run sweep it if this bake is killed.
-                "Labels": {"bake.canary": "nodes", "bake.owner": owner},
+                "Labels": {"bake.canary": "nodes", OWNER_LABEL: owner},
                 "HostConfig": {"NetworkMode": network, "CapDrop": ["ALL"], "Dns": [NODE_DNS],
                                "SecurityOpt": ["no-new-privileges"], "ReadonlyRootfs": True},
                 "NetworkingConfig": {"EndpointsConfig": {
                     network: {"IPAMConfig": {"IPv4Address": canary_address}}}},
             })
             created = True
-            start_container(ident)
+            engine.start_container(ident)
             try:
-                code = wait_container(ident, timeout=60)
+                code = engine.wait_container(ident, timeout=60)
             except TimeoutError:
                 return Proof(False, f"the node canary in {image} did not finish within 60 s")
-            output = container_output(ident)
+            output = engine.container_output(ident)
         except EngineError as exc:
             raise EngineError(f"cannot run the node-network canary in {image}: {exc.message}",
                               hint=exc.hint) from exc
         finally:
-            _remove_canary(name, maybe_in_flight=not created)
+            _remove_canary(engine, name, maybe_in_flight=not created)
     finally:
         bait.close()
     if code != 0:
@@ -652,13 +688,11 @@ def prove_nodes(image: str, python: str, network: str, gateway: str, canary_addr
     return Proof(True, f"no address of the host answers a node ({len(targets)} tried)", checks)
 
 
-def prove_nodes_recent(image: str, python: str, network: str, gateway: str,
+def prove_nodes_recent(engine: Engine, image: str, python: str, network: str, gateway: str,
                        canary_address: str, *, owner: str, network_options: str) -> Proof:
     """:func:`prove_nodes`, or a positive proof made under the very same rules and network
     options less than :data:`PROOF_TTL` ago (a canary costs about two seconds: a
     container start, and attempts on addresses no one holds, which time out)."""
-    from ..settings import state_dir
-
     record = state_dir() / "nodes-proof.json"
     fingerprint = _node_fingerprint(network_options)
     if fingerprint is not None:
@@ -669,7 +703,7 @@ def prove_nodes_recent(image: str, python: str, network: str, gateway: str,
                 return Proof(True, str(kept["detail"]), dict(kept.get("checks", {}), cached=True))
         except (OSError, ValueError, KeyError, TypeError):
             pass
-    proof = prove_nodes(image, python, network, gateway, canary_address, owner=owner)
+    proof = prove_nodes(engine, image, python, network, gateway, canary_address, owner=owner)
     if proof.enforced and fingerprint is not None:
         record.write_text(json.dumps({"fingerprint": fingerprint, "at": time.time(),
                                       "detail": proof.detail, "checks": proof.checks}))

@@ -12,8 +12,16 @@ The proxy asks three questions, in this order, and never does I/O to answer them
    rebound) to loopback, the cloud metadata service or the build host itself.
 
 Host names are compared in one canonical form: lower case, one trailing dot
-stripped, IDNA (``encodings.idna``) ASCII, every label checked against the
-letters-digits-hyphen rule.  Anything that a resolver or a browser would read as
+stripped, IDNA 2008 ASCII as UTS 46 maps it (the ``idna`` package: what pip,
+requests and browsers send; the standard library's codec is IDNA 2003, which
+turns ``faß.de`` into ``fass.de``, another domain), every label checked
+against the letters-digits-hyphen rule.  A name with a character that UTS 46
+would silently drop (soft hyphen, zero-width space, joiners, variation
+selectors) is refused, and so is one whose encoding does not round-trip.
+The proxy resolves the *absolute* name (a trailing dot), so a resolver's search
+domains can never turn an allowed ``*.suffix`` into a name nobody allowed.
+
+Anything that a resolver or a browser would read as
 a number (``2130706433``, ``0x7f.1``, ``127.1``, ``0177.0.0.1``, ``[::1]``) is an
 IP literal and is refused: the allowlist is about names.  Only an explicit
 ``egress.allow_http`` origin may name an address.
@@ -102,19 +110,19 @@ _VISIBLE = re.compile(r"[\x21-\x7e]*", re.ASCII)
 def normalize_host(raw: str) -> str:
     """Return ``raw`` as a canonical ASCII host name, or raise :class:`ValueError`.
 
-    Lower case, one trailing dot stripped, IDNA-encoded, every label valid.  IP
-    literals and numeric hosts raise too, with ``reason == "ip-literal"``.
+    Lower case, one trailing dot stripped, IDNA 2008 / UTS 46 encoded, every
+    label valid.  IP literals and numeric hosts raise too, with
+    ``reason == "ip-literal"``.
     """
     name = raw.removesuffix(".")
     if not name:
         raise _HostError("bad-host", "empty host name")
     if name.startswith("[") or ":" in name:
         raise _HostError("ip-literal", f"{raw!r} is an IP address, not a host name")
-    try:
-        # Lower first: the idna codec leaves ASCII labels' case alone.
-        ascii_name = name.lower().encode("idna").decode("ascii").lower()
-    except UnicodeError as exc:
-        raise _HostError("bad-host", f"{raw!r} is not a valid host name ({exc})") from exc
+    if name.isascii() and "xn--" not in name.lower():
+        ascii_name = name.lower()  # the common case: no IDNA at all (and no idna import)
+    else:
+        ascii_name = _idna_encode(raw, name)
     labels = ascii_name.split(".")
     if _NUMERIC_LABEL.fullmatch(labels[-1]):
         raise _HostError("ip-literal", f"{raw!r} is a numeric address, not a host name")
@@ -123,18 +131,55 @@ def normalize_host(raw: str) -> str:
     for label in labels:
         if not _LABEL.fullmatch(label):
             raise _HostError("bad-host", f"{raw!r} has an invalid label {label!r}")
-        if label.startswith("xn--") and not _punycode_round_trips(label):
-            raise _HostError("bad-host", f"{raw!r} has an invalid IDNA label {label!r}")
     return ascii_name
 
 
-def _punycode_round_trips(label: str) -> bool:
-    # An "xn--" label must decode and re-encode to itself, else two spellings
-    # could name one host (or the label is junk a resolver would mangle).
+# Invisible joiners: valid IDNA 2008 in a few scripts' contexts, but an allowlist
+# entry or a request host has no business holding a character nobody can see.
+_JOINERS = frozenset("\u200c\u200d")
+
+
+def _idna_encode(raw: str, name: str) -> str:
+    """IDNA 2008 with UTS 46 mapping (non-transitional: ``faß.de`` is ``xn--fa-hia.de``).
+
+    Refuses characters UTS 46 maps to nothing and invisible joiners, and any name
+    whose encoding does not round-trip: each label as written (after mapping)
+    must be what decoding its ASCII form gives back, so that two spellings
+    never name one host.
+    """
+    # Only here: a name with non-ASCII or "xn--" labels; every lookup loads this module.
+    import idna  # noqa: PLC0415
+
+    for char in name:
+        if char in _JOINERS or (not char.isascii() and _uts46_drops(char)):
+            raise _HostError("bad-host", f"{raw!r} has an invisible character U+{ord(char):04X}; "
+                             "write the name without it")
     try:
-        return label.encode("ascii").decode("idna").encode("idna").decode("ascii") == label
-    except UnicodeError:
-        return False
+        mapped = idna.uts46_remap(name, std3_rules=True, transitional=False)
+        ascii_name = idna.encode(mapped, uts46=False).decode("ascii")
+        back = idna.decode(ascii_name)
+        again = idna.encode(back, uts46=False).decode("ascii")
+    except (idna.IDNAError, UnicodeError, ValueError) as exc:
+        raise _HostError("bad-host", f"{raw!r} is not a valid IDNA 2008 host name ({exc})") from exc
+    parts = mapped.split("."), ascii_name.split("."), back.split(".")
+    if again != ascii_name or len({len(p) for p in parts}) != 1:
+        raise _HostError("bad-host", f"{raw!r} does not round-trip through IDNA 2008 "
+                         f"({mapped!r} -> {ascii_name!r} -> {back!r} -> {again!r})")
+    for written, a_label, u_label in zip(*parts, strict=True):
+        if written != (a_label if written.isascii() else u_label):
+            raise _HostError("bad-host", f"{raw!r} does not round-trip through IDNA 2008 "
+                             f"({written!r} -> {a_label!r} -> {u_label!r})")
+    return ascii_name
+
+
+def _uts46_drops(char: str) -> bool:
+    """Whether UTS 46 maps ``char`` to nothing (it would vanish from the name)."""
+    import idna  # noqa: PLC0415 - as above
+
+    try:
+        return idna.uts46_remap(char, std3_rules=False, transitional=False) == ""
+    except (idna.IDNAError, ValueError, UnicodeError):
+        return False  # disallowed outright: encoding refuses it with its own message
 
 
 def parse_http_target(url: str) -> HttpTarget:
@@ -232,10 +277,21 @@ _V4_NON_PUBLIC: tuple[tuple[IPNetwork, str], ...] = (
     (_net("240.0.0.0/4"), "reserved"),
 )
 
-# IPv6 prefixes that carry an IPv4 destination: judged by the embedded address.
+# IPv6 prefixes that carry an IPv4 destination: judged by the embedded address,
+# by every IPv4 rule (bake's own addresses, the always-denied and non-public
+# ranges, allow_cidrs' IPv4 entries), and never let through by an IPv6
+# allow_cidrs entry that happens to cover the prefix.
 _NAT64 = _net("64:ff9b::/96")
 _SIX_TO_FOUR = _net("2002::/16")
 _TEREDO = _net("2001::/32")
+_V4_MAPPED = _net("::ffff:0:0/96")
+#: allow_cidrs entries inside these are refused: their addresses are IPv4 ones.
+_EMBEDDING_PREFIXES: tuple[tuple[IPNetwork, str], ...] = (
+    (_NAT64, "NAT64 (64:ff9b::/96)"),
+    (_SIX_TO_FOUR, "6to4 (2002::/16)"),
+    (_TEREDO, "Teredo (2001::/32)"),
+    (_V4_MAPPED, "IPv4-mapped (::ffff:0:0/96)"),
+)
 
 _V6_NON_PUBLIC: tuple[tuple[IPNetwork, str], ...] = (
     (_net("::1/128"), "loopback"),
@@ -272,7 +328,8 @@ class EgressPolicy:
     #: plain ``endswith`` respects label boundaries.
     allow_suffixes: tuple[str, ...] = ()
     http_origins: frozenset[tuple[str, int]] = frozenset()
-    http_origin_addresses: frozenset[IPAddress] = frozenset()
+    #: ``allow_http`` origins written as an address: (address, port) pairs.
+    http_origin_addresses: frozenset[tuple[IPAddress, int]] = frozenset()
     allow_cidrs: tuple[IPNetwork, ...] = ()
     own_addresses: frozenset[IPAddress] = frozenset()
     #: Ports CONNECT may reach.  Always {443} from settings; tests and benchmarks
@@ -319,7 +376,7 @@ class EgressPolicy:
                 names.add(name)
 
         origins: set[tuple[str, int]] = set()
-        origin_addresses: set[IPAddress] = set()
+        origin_addresses: set[tuple[IPAddress, int]] = set()
         for entry in _entries(allow_http, "egress.allow_http"):
             try:
                 target = parse_http_target(entry)
@@ -342,7 +399,7 @@ class EgressPolicy:
                         f"{entry!r} names a {category} address, which cannot be an origin",
                         field="egress.allow_http",
                     )
-                origin_addresses.add(address)
+                origin_addresses.add((address, target.port))
             origins.add((target.host, target.port))
 
         networks: list[IPNetwork] = []
@@ -361,6 +418,16 @@ class EgressPolicy:
                     field="egress.allow_cidrs",
                     hint="list only the ranges your allowed hosts resolve to",
                 )
+            for prefix, kind in _EMBEDDING_PREFIXES:
+                if (isinstance(network, ipaddress.IPv6Network)
+                        and isinstance(prefix, ipaddress.IPv6Network)
+                        and network.subnet_of(prefix)):
+                    raise ConfigError(
+                        f"{entry!r} lies in the {kind} range, whose addresses carry an IPv4 "
+                        "address and are judged by it",
+                        field="egress.allow_cidrs",
+                        hint="list the IPv4 range your hosts really are in instead",
+                    )
             networks.append(network)
 
         return cls(
@@ -369,7 +436,7 @@ class EgressPolicy:
             http_origins=frozenset(origins),
             http_origin_addresses=frozenset(origin_addresses),
             allow_cidrs=tuple(networks),
-            own_addresses=frozenset(ipaddress.ip_address(a) for a in own_addresses),
+            own_addresses=_own(own_addresses),
         )
 
     @property
@@ -379,12 +446,17 @@ class EgressPolicy:
 
     def with_own_addresses(self, addresses: Iterable[str]) -> EgressPolicy:
         """This policy, also refusing ``addresses`` (where the proxy listens)."""
-        extra = frozenset(ipaddress.ip_address(a) for a in addresses)
-        return dataclasses.replace(self, own_addresses=self.own_addresses | extra)
+        return dataclasses.replace(self, own_addresses=self.own_addresses | _own(addresses))
 
     def allows_name(self, host: str) -> bool:
         """Whether the canonical name ``host`` is on the CONNECT allowlist."""
         return host in self.allow_names or host.endswith(self.allow_suffixes)
+
+    def allows_lookup(self, host: str, port: int, *, http: bool) -> bool:
+        """Whether the proxy may resolve ``host``: what it looks up is what was allowed."""
+        if http:
+            return (host, port) in self.http_origins
+        return self.allows_name(host) and port in self.connect_ports
 
     def check_connect(self, authority: str) -> Decision:
         """Judge the ``host:port`` of a CONNECT request line, before any DNS."""
@@ -422,18 +494,21 @@ class EgressPolicy:
         address = target.host if target.is_address else ""
         return Decision(True, "allowlisted", host=target.host, port=target.port, address=address)
 
-    def check_address(self, ip: str, *, http_origin: bool = False) -> Decision:
+    def check_address(self, ip: str, *, origin: tuple[str, int] | None = None) -> Decision:
         """Judge one resolved address.
 
-        ``http_origin`` says the connection goes to an ``allow_http`` origin:
-        the addresses written literally in those origins then pass (the seller
-        named them), whatever range they are in.
+        ``origin`` is the (host, port) of an ``allow_http`` request target.  An
+        origin the seller wrote as an address passes whatever its range (the
+        seller named it), but only as that (address, port) pair and only when
+        the request names that address: a named origin that resolves to it, or
+        the address on another port, is judged like any other address.
         """
         try:
             addr = ipaddress.ip_address(ip)
         except ValueError:
             return Decision(False, "bad-address", address=ip)
-        if http_origin and addr in self.http_origin_addresses:
+        if origin is not None and origin[0] == str(addr) and (
+                (addr, origin[1]) in self.http_origin_addresses):
             return Decision(True, "allow-http-origin", address=str(addr))
         allowed, detail = self._judge(addr)
         if allowed:
@@ -452,6 +527,16 @@ class EgressPolicy:
         # keeps from build steps.
         if addr in self.own_addresses:
             return False, "own-address"
+        if isinstance(addr, ipaddress.IPv6Address) and (embedded := _embedded_v4(addr)):
+            # Before allow_cidrs: an entry covering 64:ff9b::/96 must not let
+            # 64:ff9b::ac11:1 (our own 172.17.0.1) or the metadata address through.
+            verdicts = []
+            for kind, v4 in embedded:
+                allowed, detail = self._judge(v4)
+                if not allowed:
+                    return False, f"{kind}-embedded-{detail}"
+                verdicts.append(detail)
+            return True, "allow-cidrs" if "allow-cidrs" in verdicts else "public"
         if any(addr.version == n.version and addr in n for n in self.allow_cidrs):
             return True, "allow-cidrs"
         if isinstance(addr, ipaddress.IPv4Address):
@@ -460,25 +545,34 @@ class EgressPolicy:
         return self._judge_v6(addr)
 
     def _judge_v6(self, addr: ipaddress.IPv6Address) -> tuple[bool, str]:
-        embedded: list[tuple[str, ipaddress.IPv4Address]] = []
-        if addr in _NAT64:
-            embedded.append(("nat64", ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)))
-        elif addr in _TEREDO and addr.teredo is not None:
-            server, client = addr.teredo
-            embedded += [("teredo", server), ("teredo", client)]
-        elif addr in _SIX_TO_FOUR and addr.sixtofour is not None:
-            embedded.append(("6to4", addr.sixtofour))
-        if embedded:
-            for kind, v4 in embedded:
-                allowed, detail = self._judge(v4)
-                if not allowed:
-                    return False, f"{kind}-embedded-{detail}"
-            return True, "public"
         if (category := _lookup(addr, _V6_NON_PUBLIC)) is not None:
             return False, category
         if addr not in _V6_GLOBAL_UNICAST:
             return False, "reserved"
         return True, "public"
+
+
+def _embedded_v4(addr: ipaddress.IPv6Address) -> list[tuple[str, ipaddress.IPv4Address]]:
+    """The IPv4 destinations an IPv6 address carries (NAT64, Teredo, 6to4), if any."""
+    if addr in _NAT64:
+        return [("nat64", ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF))]
+    if addr in _TEREDO and addr.teredo is not None:
+        server, client = addr.teredo
+        return [("teredo", server), ("teredo", client)]
+    if addr in _SIX_TO_FOUR and addr.sixtofour is not None:
+        return [("6to4", addr.sixtofour)]
+    return []
+
+
+def _own(addresses: Iterable[str]) -> frozenset[IPAddress]:
+    """The proxy's own addresses; an IPv4-mapped one also as the IPv4 it spells."""
+    out: set[IPAddress] = set()
+    for text in addresses:
+        addr = ipaddress.ip_address(text)
+        out.add(addr)
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            out.add(addr.ipv4_mapped)
+    return frozenset(out)
 
 
 def _entries(values: Sequence[str], field: str) -> list[str]:

@@ -16,6 +16,12 @@ One request per client connection, handled in this order:
 Every request gets exactly one ``decision`` line in the egress log, and every
 allowed one a ``tunnel`` line when it ends (see :mod:`bake.egress.ledger`).
 
+Given an :class:`~bake.egress.relay.IndexRelay`, the proxy also serves the
+seller's package index under ``/bake-index/`` (origin-form, or absolute-form
+naming the proxy itself): it checks the index's origin against the policy like
+any other target, dials it, and adds the seller's credentials itself, so that
+no build step ever holds them (see :mod:`bake.egress.relay`).
+
 The relay uses asyncio Protocols rather than streams: the transport hands each
 1 MiB ``recv`` straight to the peer's ``write`` (usually sent at once, with no
 further copy), and back-pressure is the transports' own pause/resume signals.
@@ -28,10 +34,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 import re
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,8 +47,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, cast
 
+from bake.egress.dns import resolve_absolute
 from bake.egress.ledger import EgressLedger, EgressStats
 from bake.egress.policy import Decision, EgressPolicy, Resolver, parse_http_target
+from bake.egress.relay import RELAY_PREFIX, IndexRelay, RelayFailure, exchange
 from bake.errors import EgressError
 
 __all__ = ["EgressStats", "ProxyLimits", "Resolver", "RunningProxy", "serve_forever", "start_proxy"]
@@ -88,6 +98,7 @@ _LINGER_SECONDS = 1.0
 _REASONS = {
     400: "Bad Request",
     403: "Forbidden",
+    404: "Not Found",
     405: "Method Not Allowed",
     408: "Request Timeout",
     411: "Length Required",
@@ -210,11 +221,17 @@ class _Proxy:
     """State shared by every connection of one proxy; lives in the loop thread."""
 
     def __init__(self, policy: EgressPolicy, limits: ProxyLimits, ledger: EgressLedger,
-                 resolver: Resolver | None, loop: asyncio.AbstractEventLoop) -> None:
+                 resolver: Resolver | None, loop: asyncio.AbstractEventLoop,
+                 relay: IndexRelay | None = None, tls: ssl.SSLContext | None = None) -> None:
         self.policy = policy
         self.limits = limits
         self.ledger = ledger
         self.loop = loop
+        self.relay = relay
+        self.tls = tls  # for an https index relay
+        #: (address, port) pairs this proxy listens on: an absolute-form request
+        #: to one of them is a request to the relay, not to be forwarded.
+        self.own_targets: frozenset[tuple[str, int]] = frozenset()
         self.clients: set[_Client] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self.active = 0  # requests holding a tunnel slot: resolving, dialing or relaying
@@ -231,15 +248,8 @@ class _Proxy:
         if self._executor is None:
             self._executor = concurrent.futures.ThreadPoolExecutor(
                 max_workers=8, thread_name_prefix="bake-egress-dns")
-        infos = await self.loop.run_in_executor(
-            self._executor, socket.getaddrinfo, host, port, 0, socket.SOCK_STREAM)
-        addresses: list[str] = []
-        for family, _, _, _, sockaddr in infos:
-            if family in (socket.AF_INET, socket.AF_INET6):
-                address = str(sockaddr[0])
-                if address not in addresses:
-                    addresses.append(address)
-        return addresses
+        # The hosts file, else the absolute name: never a search domain (bake/egress/dns.py).
+        return await self.loop.run_in_executor(self._executor, resolve_absolute, host, port)
 
     def count(self, nbytes: int) -> bool:
         """Charge ``nbytes`` to the budget; False (and every tunnel closed) when spent."""
@@ -263,17 +273,26 @@ class _Proxy:
         decided = False
         try:
             request = _parse_head(head)
-            decision, forward = self._decide_target(request)
+            relayed = self._relay_target(request)
+            if relayed is not None:
+                decision, forward = self._decide_relay(request), None
+            else:
+                decision, forward = self._decide_target(request)
             if self.over_budget:
                 raise _Reject(403, "byte-budget", decision.host, decision.port)
             if self.active >= self.limits.max_tunnels:
                 raise _Reject(429, "tunnel-cap", decision.host, decision.port)
             self.active += 1
             slot = True
-            addresses = await self._resolve_and_check(decision, http=forward is not None)
+            plain_http = forward is not None or (
+                relayed is not None and self.relay is not None and self.relay.scheme == "http")
+            addresses = await self._resolve_and_check(decision, http=plain_http)
             self.ledger.decision(client=client.name, allowed=True, reason=decision.reason,
                                  host=decision.host, port=decision.port, address=addresses[0])
             decided = True
+            if relayed is not None:
+                await self._relay(client, request, relayed, decision, addresses)
+                return  # the finally clause gives the slot back
             tunnel = _Tunnel(self, client, decision.host, decision.port)
             slot = False  # the tunnel owns the slot now and gives it back when it ends
             try:
@@ -304,6 +323,144 @@ class _Proxy:
             if slot:
                 self.active -= 1
 
+    def _relay_target(self, request: _Request) -> str | None:
+        """The upstream path of a request to the index relay; None for any other request."""
+        relay = self.relay
+        if relay is None or request.method == "CONNECT":
+            return None
+        if request.target.startswith("/"):
+            path = request.target
+        else:
+            try:
+                target = parse_http_target(request.target)
+            except ValueError:
+                return None
+            if (target.host, target.port) not in self.own_targets:
+                return None
+            path = target.path
+        if not path.startswith(RELAY_PREFIX):
+            return None
+        upstream = relay.upstream_path(path)
+        if upstream is None:
+            raise _Reject(404, "not-in-relay", relay.host, relay.port)
+        return upstream
+
+    def _decide_relay(self, request: _Request) -> Decision:
+        """The index's origin, judged as a request to it would be: allow or allow_http."""
+        relay = self.relay
+        assert relay is not None
+        if request.method not in ("GET", "HEAD"):
+            raise _Reject(405, "bad-method", relay.host, relay.port)
+        if relay.scheme == "https":
+            decision = self.policy.check_connect(f"{relay.host}:{relay.port}")
+        else:
+            decision = self.policy.check_http(f"http://{relay.authority}/")
+        if not decision.allowed:
+            raise _Reject(403, decision.reason, decision.host or relay.host,
+                          decision.port or relay.port)
+        return dataclasses.replace(decision, reason="index-relay")
+
+    async def _relay(self, client: _Client, request: _Request, upstream_path: str,
+                     decision: Decision, addresses: list[str]) -> None:
+        """Serve one relay request from the index; log its ``tunnel`` line when it ends."""
+        relay = self.relay
+        assert relay is not None and client.transport is not None
+        started = self.loop.time()
+        flow = _Flow(client)
+        client.flow = flow
+        client.state = "relaying"
+        client.transport.set_write_buffer_limits(high=_HIGH_WATER, low=_LOW_WATER)
+        address = addresses[0]
+        reason = "closed"
+        writer: asyncio.StreamWriter | None = None
+
+        def downstream(nbytes: int) -> None:
+            if not self.count(nbytes):
+                raise RelayFailure(403, "byte-budget")
+            flow.bytes_down += nbytes
+            self.bytes_down += nbytes
+
+        try:
+            reader, writer, address = await self._open_upstream(addresses, decision.port)
+            async with asyncio.timeout(self.limits.max_tunnel_seconds):
+                await exchange(relay, request.method, upstream_path, request.headers,
+                               reader, writer, flow.send, idle_timeout=self.limits.idle_timeout,
+                               on_upstream_bytes=downstream)
+        except RelayFailure as exc:
+            reason = exc.reason
+            if flow.sent:
+                client.abort()  # mid-answer: the client must not take a cut body as whole
+            else:
+                client.reject(exc.status, exc.reason, decision.host, decision.port)
+        except TimeoutError:
+            reason = "max-duration"
+            client.abort()
+        except ConnectionError:
+            reason = "client-gone" if flow.gone else "upstream-error"
+            client.abort()
+        except OSError:
+            reason = "upstream-error"
+            client.abort()
+        except asyncio.CancelledError:
+            reason = "proxy-closed"
+            client.abort()
+            raise
+        except Exception:
+            reason = "proxy-error"  # a bug: handle() logs it
+            client.abort()
+            raise
+        finally:
+            if writer is not None:
+                writer.transport.abort()
+            client.flow = None
+            if reason == "closed" and client.transport is not None:
+                client.transport.close()
+                self.loop.call_later(self.limits.idle_timeout, _abort_all, [client.transport])
+            self.ledger.tunnel(
+                client=client.name, host=decision.host, port=decision.port, address=address,
+                reason=reason, bytes_up=0, bytes_down=flow.bytes_down,
+                duration_s=self.loop.time() - started)
+
+    async def _open_upstream(self, addresses: list[str], port: int
+                             ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str]:
+        """Dial the checked addresses in order (TLS for an https index); the first that answers."""
+        relay = self.relay
+        assert relay is not None
+        deadline = self.loop.time() + self.limits.connect_timeout
+        timed_out = False
+        for index, address in enumerate(addresses):
+            share = (deadline - self.loop.time()) / (len(addresses) - index)
+            if share <= 0:
+                timed_out = True
+                break
+            sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET,
+                                 socket.SOCK_STREAM)
+            sock.setblocking(False)
+            try:
+                await asyncio.wait_for(self.loop.sock_connect(sock, (address, port)), share)
+            except TimeoutError:
+                sock.close()
+                timed_out = True
+                continue
+            except OSError:
+                sock.close()
+                continue
+            tls = self.tls if relay.scheme == "https" else None
+            try:
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(
+                    sock=sock, ssl=tls, server_hostname=relay.host if tls else None,
+                    limit=_READ_SIZE), max(deadline - self.loop.time(), 0.001))
+            except ssl.SSLCertVerificationError:
+                sock.close()
+                raise RelayFailure(502, "tls-verify-failed") from None
+            except (OSError, TimeoutError):
+                sock.close()
+                raise RelayFailure(502, "tls-failed" if tls else "connect-failed") from None
+            return reader, writer, address
+        if timed_out:
+            raise RelayFailure(504, "connect-timeout")
+        raise RelayFailure(502, "connect-failed")
+
     def _decide_target(self, request: _Request) -> tuple[Decision, tuple[bytes, int] | None]:
         """Judge the request target; for plain HTTP also build the head to forward."""
         if request.method == "CONNECT":
@@ -326,9 +483,15 @@ class _Proxy:
         if decision.address:
             answers = [decision.address]  # an allow_http origin that names its address
         else:
+            # The absolute name (a trailing dot): the resolver's search domains never
+            # apply, so the name looked up is exactly the name the policy allowed,
+            # not "<name>.<search domain>", which nobody allowed.
+            if not self.policy.allows_lookup(decision.host, decision.port, http=http):
+                raise _Reject(403, "not-allowlisted", decision.host, decision.port)
             try:
                 answers = await asyncio.wait_for(
-                    self.resolver(decision.host, decision.port), self.limits.resolve_timeout)
+                    self.resolver(decision.host + ".", decision.port),
+                    self.limits.resolve_timeout)
             except TimeoutError:
                 raise _Reject(504, "resolve-timeout", decision.host, decision.port) from None
             except (OSError, UnicodeError, ValueError):
@@ -337,8 +500,9 @@ class _Proxy:
             raise _Reject(502, "resolve-failed", decision.host, decision.port)
         # One denied answer denies the name: a mixed answer is what a rebinding
         # attack looks like, and dialing "only the good ones" would hide it.
+        origin = (decision.host, decision.port) if http else None
         for answer in answers:
-            verdict = self.policy.check_address(answer, http_origin=http)
+            verdict = self.policy.check_address(answer, origin=origin)
             if not verdict.allowed:
                 reason = f"{verdict.reason}:{verdict.detail}" if verdict.detail else verdict.reason
                 raise _Reject(403, reason, decision.host, decision.port, verdict.address)
@@ -364,6 +528,7 @@ class _Client(asyncio.Protocol):
         self.head = bytearray()
         self.state = "head"  # head -> deciding -> relaying | closing
         self.tunnel: _Tunnel | None = None
+        self.flow: _Flow | None = None  # an index relay answer being sent
         self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -421,14 +586,20 @@ class _Client(asyncio.Protocol):
         self.proxy.clients.discard(self)
         if self.tunnel is not None:
             self.tunnel.close("client-error" if exc else "closed")
+        if self.flow is not None:
+            self.flow.lost()
 
     def pause_writing(self) -> None:
         if self.tunnel is not None:
             self.tunnel.pause_upstream()
+        if self.flow is not None:
+            self.flow.writable.clear()
 
     def resume_writing(self) -> None:
         if self.tunnel is not None:
             self.tunnel.resume_upstream()
+        if self.flow is not None:
+            self.flow.writable.set()
 
     def _too_slow(self) -> None:
         self.timer = None
@@ -471,6 +642,33 @@ class _Client(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+
+
+class _Flow:
+    """Sending an index relay's answer to the client, at the pace the client reads it."""
+
+    def __init__(self, client: _Client) -> None:
+        self.client = client
+        self.writable = asyncio.Event()
+        self.writable.set()
+        self.gone = False
+        self.sent = 0
+        self.bytes_down = 0
+
+    def lost(self) -> None:
+        self.gone = True
+        self.writable.set()
+
+    async def send(self, data: bytes) -> None:
+        transport = self.client.transport
+        if self.gone or transport is None or transport.is_closing():
+            self.gone = True
+            raise ConnectionResetError("the client left")
+        transport.write(data)
+        self.sent += len(data)
+        await self.writable.wait()
+        if self.gone:
+            raise ConnectionResetError("the client left")
 
 
 class _Upstream(asyncio.Protocol):
@@ -809,16 +1007,18 @@ class RunningProxy:
 
 def start_proxy(policy: EgressPolicy, *, host: str, port: int = 0, log_path: Path | None = None,
                 limits: ProxyLimits = ProxyLimits(), resolver: Resolver | None = None,
-                ) -> RunningProxy:
+                relay: IndexRelay | None = None) -> RunningProxy:
     """Listen on ``host:port`` (0: any free port) and serve from a daemon thread.
 
     Returns once the socket listens; :attr:`RunningProxy.port` is the real port.
-    The listening address is added to the policy's own addresses.  Raises
-    :class:`EgressError` when it cannot listen.
+    The listening address is added to the policy's own addresses.  With a
+    ``relay``, the proxy also serves the seller's index under ``/bake-index/``.
+    Raises :class:`EgressError` when it cannot listen (or read the CA bundle).
     """
+    tls = _relay_tls(relay)
     loop = asyncio.new_event_loop()
     ledger = EgressLedger(log_path)
-    proxy = _Proxy(policy, limits, ledger, resolver, loop)
+    proxy = _Proxy(policy, limits, ledger, resolver, loop, relay, tls)
     started = threading.Event()
     failure: list[BaseException] = []
     bound: list[tuple[str, int]] = []
@@ -839,6 +1039,8 @@ def start_proxy(policy: EgressPolicy, *, host: str, port: int = 0, log_path: Pat
         names = [sock.getsockname() for sock in server.sockets]
         own = [str(n[0]) for n in names if not ipaddress.ip_address(n[0]).is_unspecified]
         proxy.policy = policy.with_own_addresses(own)
+        proxy.own_targets = frozenset(
+            (str(ipaddress.ip_address(n[0])), int(n[1])) for n in names)
         bound.append((str(names[0][0]), int(names[0][1])))
         async with server:
             await server.start_serving()
@@ -880,6 +1082,20 @@ def start_proxy(policy: EgressPolicy, *, host: str, port: int = 0, log_path: Pat
             hint="pick another --listen address or port, or free this one",
         ) from exc
     return RunningProxy(bound[0][0], bound[0][1], thread, proxy, stop, ledger)
+
+
+def _relay_tls(relay: IndexRelay | None) -> ssl.SSLContext | None:
+    """The TLS context for an https index: the system's CAs plus the seller's bundle."""
+    if relay is None or relay.scheme != "https":
+        return None
+    context = ssl.create_default_context()
+    if relay.ca_bundle:
+        try:
+            context.load_verify_locations(cafile=relay.ca_bundle)
+        except (OSError, ssl.SSLError) as exc:
+            raise EgressError(f"cannot read the CA bundle {relay.ca_bundle}: {exc}",
+                              hint="check build.ca_bundle in the seller config") from exc
+    return context
 
 
 def serve_forever(policy: EgressPolicy, *, host: str, port: int, log_path: Path | None = None,

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from bake.cache.engine import inspect_image, ping
+from bake.engine import Engine
 from tests.machines import LocalRegistry, MachineError, serve_registry
+
+ENGINE = Engine.from_env()
 
 BASE = os.environ.get("BAKE_TEST_BASE", "python:3.11-slim")
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
@@ -31,9 +33,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def engine() -> None:
-    if not ping():
+    if not ENGINE.ping():
         pytest.fail("no Docker Engine answers; ./scripts/test installs and starts one")
-    if inspect_image(BASE) is None:
+    if ENGINE.inspect_image(BASE) is None:
         pytest.fail(f"base image {BASE} is missing; ./scripts/test makes one (bake base build)")
 
 
@@ -106,6 +108,27 @@ class Host:
         self.made.append(image)
 
 
+def processes_mentioning(marker: str) -> list[str]:
+    """Command lines of the running processes that mention ``marker`` (a test's config file).
+
+    "Nothing left behind" for a bake that has exited: no process of its own (nor a child,
+    which inherits its arguments or names the config) still runs, and so none holds a
+    proxy port.  Other builds on this machine (other tests, other checkouts) are not ours.
+    """
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8",
+                                                                                   "replace")
+        except OSError:
+            continue
+        if marker in command:
+            found.append(command.strip())
+    return found
+
+
 @pytest.fixture
 def host(engine: None, tmp_path: Path) -> Iterator[Host]:
     h = Host(
@@ -137,9 +160,9 @@ def locked(engine: None) -> Iterator[None]:
     """The host confined with `bake egress lock` for the tests that need proof."""
     from bake.egress import lockdown
 
-    was_locked = lockdown.locked_rules_present()
+    was_locked = lockdown.locked_rules_present(ENGINE)
     if not was_locked:
-        lockdown.lock()
+        lockdown.lock(ENGINE)
     yield
     if not was_locked:
         lockdown.unlock()

@@ -17,10 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from bake.cache.engine import bridge_gateway, inspect_image
 from bake.egress import lockdown
-from tests.integration.conftest import Host, machine_cidrs
+from bake.engine import Engine
+from tests.integration.conftest import Host, machine_cidrs, processes_mentioning
 from tests.integration.pkgindex import fetch_build_deps, sdist, serve_index, write_simple_index
+
+ENGINE = Engine.from_env()
 
 ATTACK_SETUP = r'''
 import json, os, socket
@@ -84,7 +86,7 @@ command = ["python", "-c", "print(open('/opt/venv/bake-attack.json').read())"]
 def listener(engine: None) -> Iterator[tuple[socket.socket, int]]:
     """A host listener on the bridge gateway that no build step may reach."""
     sock = socket.socket()
-    sock.bind((bridge_gateway(), 0))
+    sock.bind((ENGINE.bridge_gateway(), 0))
     sock.listen(16)
     sock.setblocking(False)
     yield sock, sock.getsockname()[1]
@@ -98,7 +100,7 @@ def index(engine: None, listener: tuple[socket.socket, int],
     files = root / "files"
     files.mkdir()
     fetch_build_deps(files)
-    gateway = bridge_gateway()
+    gateway = ENGINE.bridge_gateway()
     index_ip = next(iter(machine_cidrs()), "203.0.113.80/32").split("/")[0]
     cfg = {"gateway": gateway, "listener": listener[1], "name": "pypi.org", "ip": index_ip}
     sdist(files, "bake-attack", "1.0", ATTACK_SETUP.replace("{CFG}", json.dumps(cfg)))
@@ -142,7 +144,7 @@ def test_setup_code_cannot_get_out(host: Host, job: Callable[..., Path], locked:
     log = [json.loads(line) for line in Path(result["egress_log"]).read_text().splitlines()]
     denied = {(e["host"], e["reason"]) for e in log if e["decision"] == "denied"}
     assert ("bake-denied.example", "not-allowlisted") in denied
-    assert any(h == bridge_gateway() for h, _ in denied)
+    assert any(h == ENGINE.bridge_gateway() for h, _ in denied)
     allowed = [e for e in log if e["decision"] == "allowed"]
     assert allowed, "the allowed downloads from the local index went through the proxy"
     assert index.requests  # type: ignore[attr-defined]
@@ -156,7 +158,7 @@ def test_require_refuses_an_unconfined_host(host: Host, job: Callable[..., Path]
     try:
         proc = host.bake("build", str(spec))
     finally:
-        lockdown.lock()
+        lockdown.lock(ENGINE)
     assert proc.returncode == 5, proc.stderr
     assert "bake egress lock" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -181,9 +183,9 @@ def test_unlock_removes_exactly_what_lock_added(engine: None, locked: None) -> N
     try:
         unlocked_rules = rules()
         assert "BAKE-EGRESS" not in unlocked_rules
-        assert not lockdown.locked_rules_present()
+        assert not lockdown.locked_rules_present(ENGINE)
     finally:
-        lockdown.lock()
+        lockdown.lock(ENGINE)
     assert rules() == locked_rules
     others = [r for r in locked_rules.splitlines() if "BAKE-EGRESS" not in r]
     assert others == unlocked_rules.splitlines()
@@ -201,25 +203,24 @@ def test_setup_past_its_time_limit_exits_4_and_leaves_no_image(
     assert proc.returncode == 4, proc.stderr
     assert "time limit of 20 s" in proc.stderr
     assert elapsed < 20 + 20, elapsed  # stopped within seconds of the limit
-    assert inspect_image(f"bake:{key}") is None
-    leftover = subprocess.run(["ss", "-Htln"], capture_output=True, text=True).stdout
-    assert not [line for line in leftover.splitlines() if ":391" in line.split()[3]]
+    assert ENGINE.inspect_image(f"bake:{key}") is None
+    assert processes_mentioning(str(host.config)) == []  # no proxy, no docker CLI behind
 
 
 def test_a_kept_proof_never_outlives_a_change_of_the_firewall(engine: None, locked: None) -> None:
     from tests.integration.conftest import BASE
 
-    gateway = bridge_gateway()
-    first = lockdown.prove_recent(BASE, gateway)
-    second = lockdown.prove_recent(BASE, gateway)
+    gateway = ENGINE.bridge_gateway()
+    first = lockdown.prove_recent(ENGINE, BASE, gateway)
+    second = lockdown.prove_recent(ENGINE, BASE, gateway)
     assert first.enforced and second.enforced
     assert second.checks.get("cached") is True  # the canary did not run again
     lockdown.unlock()
     try:
-        unlocked = lockdown.prove_recent(BASE, gateway)
+        unlocked = lockdown.prove_recent(ENGINE, BASE, gateway)
     finally:
-        lockdown.lock()
+        lockdown.lock(ENGINE)
     assert not unlocked.enforced
     assert "cached" not in unlocked.checks
-    relocked = lockdown.prove_recent(BASE, gateway)
+    relocked = lockdown.prove_recent(ENGINE, BASE, gateway)
     assert relocked.enforced and "cached" not in relocked.checks  # a fresh canary

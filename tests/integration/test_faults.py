@@ -21,9 +21,11 @@ from typing import Any
 
 import pytest
 
-from bake.cache.engine import inspect_image
 from bake.egress.lockdown import PROXY_PORTS
+from bake.engine import Engine
 from tests.integration.conftest import Host
+
+ENGINE = Engine.from_env()
 
 OFFLINE_JOB = """\
 name = "fault"
@@ -126,7 +128,7 @@ def test_a_missing_buildkit_cli_says_how_to_get_one(host: Host, job: Callable[..
     error, *hint = one_message(proc.stderr)
     assert "no BuildKit-capable docker CLI found" in error and words in error
     assert hint and "buildx" in hint[0] and "docker.io" in hint[0]
-    assert inspect_image(f"bake:{key_of(host, spec)}") is None
+    assert ENGINE.inspect_image(f"bake:{key_of(host, spec)}") is None
 
 
 # -- signals mid-build ---------------------------------------------------------------------
@@ -300,7 +302,7 @@ def test_a_signal_mid_build_leaves_nothing_behind(host: Host, job: Callable[...,
     assert f"interrupted by {signal.Signals(signum).name}" in err, err[-3000:]
     assert out == ""
     # Nothing half-made: no image under the key, nothing of the build still running.
-    assert inspect_image(f"bake:{key}") is None
+    assert ENGINE.inspect_image(f"bake:{key}") is None
     deadline = time.monotonic() + 30  # BuildKit cancels the step's processes asynchronously
     while (alive(steps) or alive(children)) and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from bake.cache.engine import inspect_image
+from bake.engine import Engine
 from tests.integration.conftest import BASE, Host
 from tests.machines import MachineError, docker, loaded_from_host, second_engine
+
+ENGINE = Engine.from_env()
 
 SLOW_SETUP = """\
 template = "python"
@@ -63,7 +65,7 @@ def test_a_killed_bake_takes_its_build_with_it(host: Host, job: Callable[..., Pa
     # proxy it was given, and nothing gets the key.
     assert not any(_alive(c) for c in children)
     assert time.monotonic() - killed < 5
-    assert inspect_image(f"bake:{key}") is None
+    assert ENGINE.inspect_image(f"bake:{key}") is None
 
 
 @pytest.fixture

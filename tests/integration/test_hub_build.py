@@ -23,12 +23,14 @@ from pathlib import Path
 
 import pytest
 
-from bake.cache.engine import bridge_gateway, inspect_image
+from bake.engine import Engine
 from tests.conftest import write_job
 from tests.integration.conftest import CA_BUNDLE, Host, machine_cidrs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hubserver import Generated, HubRepo, RecordedRequest, RunningHub, start_hub
+
+ENGINE = Engine.from_env()
 
 # A token the server accepts, and a string that must appear nowhere bake leaves behind.
 CANARY = "hf_bakeCanaryToken7f3e9a1c5b2d8e4f6a0c"
@@ -125,7 +127,7 @@ def _files_downloaded(requests: list[RecordedRequest]) -> list[str]:
 
 
 def _layers(image: str) -> list[str]:
-    info = inspect_image(image)
+    info = ENGINE.inspect_image(image)
     assert info is not None, image
     return list(info["RootFS"]["Layers"])
 
@@ -142,7 +144,7 @@ def hub(engine: None) -> Iterator[RunningHub]:
         HubRepo("model", MOVING, branches={"main": {"config.json": b'{"v": 1}\n'}}),
     ]
     # On the bridge gateway: where a build step finds the host (and bake's proxy).
-    with start_hub(repos, host=bridge_gateway(), tokens=[CANARY]) as running:
+    with start_hub(repos, host=ENGINE.bridge_gateway(), tokens=[CANARY]) as running:
         yield running
 
 
@@ -357,7 +359,7 @@ def test_a_failing_self_check_fails_the_build_and_leaves_no_image(
     proc = host.bake("build", str(spec))
     assert proc.returncode == 3, proc.stderr
     assert "self-check" in proc.stderr and "config.json" in proc.stderr
-    assert inspect_image(f"bake:{key}") is None
+    assert ENGINE.inspect_image(f"bake:{key}") is None
 
 
 def test_a_hub_the_proxy_would_refuse_fails_before_the_build(seller: Host, hub: RunningHub,

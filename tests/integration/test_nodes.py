@@ -447,13 +447,13 @@ def test_a_node_reaches_nothing_but_its_peers(cluster: dict[str, Any]) -> None:
     """From every node of a job: the host on every address (and through the network's
     gateway address), bake's proxy, another running job's nodes, a namespace elsewhere on
     this machine, DNS servers and names: nothing answers, nothing arrives."""
-    from bake.cache.engine import bridge_gateway
     from bake.egress.lockdown import start_build_proxy
     from bake.egress.policy import EgressPolicy
     from bake.egress.proxy import ProxyLimits
+    from bake.engine import Engine
 
     host: Host = cluster["host"]
-    docker0 = bridge_gateway()
+    docker0 = Engine.from_env().bridge_gateway()
     bait = Bait()
     other = subprocess.Popen(
         [sys.executable, "-m", "bake", "--config", str(host.config), "run",
@@ -593,7 +593,7 @@ def test_a_signal_leaves_no_container_and_no_network(cluster: dict[str, Any],
 
 
 def mounted_runs() -> list[str]:
-    from bake.settings import state_dir
+    from bake.state import state_dir
 
     runs = str(state_dir() / "runs")
     with open("/proc/self/mountinfo") as fh:
@@ -695,7 +695,7 @@ def loop_devices() -> list[str]:
 def test_out_past_its_limit_keeps_nothing_and_costs_the_host_little(
         cluster: dict[str, Any], tmp_path: Path, how: str, mib: int) -> None:
     from bake.outbox import fs_size
-    from bake.settings import state_dir
+    from bake.state import state_dir
 
     before = loop_devices()
     dest = tmp_path / "out"
@@ -730,14 +730,14 @@ def test_out_within_its_limit_is_kept_per_node(cluster: dict[str, Any], tmp_path
         in proc.stderr
 
 
-def test_the_node_network_can_be_a_swarm_overlay(cluster: dict[str, Any],
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_node_network_can_be_a_swarm_overlay(cluster: dict[str, Any]) -> None:
     """The seam for nodes on several machines: the same job on an --internal, attachable
     overlay of a Docker Swarm (a one-node swarm of a second engine: `swarm init` would
     change the engine every other test uses).  The nodes exchange data; the host, on
     every address, does not answer them."""
     from io import BytesIO
 
+    from bake.engine import Engine
     from bake.runner import image_job, run_job
     from tests.machines import docker, loaded_from_host, second_engine
 
@@ -759,16 +759,17 @@ def test_the_node_network_can_be_a_swarm_overlay(cluster: dict[str, Any],
             docker("swarm", "init", "--advertise-addr", address, "--listen-addr",
                    f"{address}:2377", host=sock)
             try:
-                monkeypatch.setenv("DOCKER_HOST", sock)
+                engine = Engine.from_env({"DOCKER_HOST": sock})
                 targets = {"tcp": [[a, bait.port] for a in host_addresses()],
                            "udp": [[a, bait.port] for a in host_addresses()],
                            "gateway_ports": [bait.port], "dns_servers": host_addresses(),
                            "names": ["bake-canary.example.com"]}
                 outcomes = {}
                 for what in (("exchange",), ("probe", json.dumps(targets))):
-                    plan = image_job(cluster["image"], args=what).with_nodes(2)
+                    plan = image_job(engine, cluster["image"], args=what).with_nodes(2)
                     sink = BytesIO()
-                    result = run_job(replace(plan, network="overlay"), stdout=sink, stderr=sink)
+                    result = run_job(engine, replace(plan, network="overlay"), stdout=sink,
+                                     stderr=sink)
                     text = sink.getvalue().decode()
                     assert result.exit_code == 0, text[-3000:]
                     outcomes[what[0]] = results(text)

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from bake.cache.engine import inspect_image
-from tests.integration.conftest import Host
+from bake.engine import Engine
+from tests.integration.conftest import Host, processes_mentioning
+
+ENGINE = Engine.from_env()
 
 TWO_PACKAGES = """\
 name = "two-packages"
@@ -70,7 +72,7 @@ def test_build_makes_a_labelled_image(engine: None, built: dict[str, object]) ->
     assert isinstance(result, dict)
     assert result["cached"] is False and result["pulled"] is False
     assert result["image"] == f"bake:{result['key']}"
-    info = inspect_image(str(result["image"]))
+    info = ENGINE.inspect_image(str(result["image"]))
     assert info is not None
     labels = info["Config"]["Labels"]
     assert labels["bake.key"] == result["key"]
@@ -133,7 +135,7 @@ def test_failed_setup_leaves_no_image(host: Host, job: Callable[..., Path]) -> N
     # The error names pip's own complaint, not only BuildKit's "executor failed".
     assert "No matching distribution found for bake-no-such-package-zzz" in proc.stderr
     assert "Traceback" not in proc.stderr
-    assert inspect_image(f"bake:{key}") is None
+    assert ENGINE.inspect_image(f"bake:{key}") is None
     assert _bake_containers() == []
 
 
@@ -160,7 +162,6 @@ def test_interrupted_build_leaves_nothing_behind(host: Host, job: Callable[..., 
     # BuildKit has started the step.
     spec = job(TWO_PACKAGES.replace('"idna==3.10"', '"numpy==2.1.3"'), {"main.py": MAIN})
     key = host.bake("key", str(spec), check=True).stdout.split()[0]
-    listeners_before = set(_proxy_listeners())  # other builds on this engine may hold some
     proc = subprocess.Popen([sys.executable, "-m", "bake", "--config", str(host.config),
                              "build", str(spec), "--no-cache"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -174,21 +175,15 @@ def test_interrupted_build_leaves_nothing_behind(host: Host, job: Callable[..., 
     _, rest = proc.communicate(timeout=60)
     assert proc.returncode == 130, "".join(seen) + rest
     assert "Traceback" not in rest
-    assert inspect_image(f"bake:{key}") is None
+    assert ENGINE.inspect_image(f"bake:{key}") is None
     assert _bake_containers() == []
-    assert set(_proxy_listeners()) <= listeners_before
+    assert processes_mentioning(str(host.config)) == []  # no proxy, no docker CLI behind
 
 
 def _bake_containers() -> list[str]:
     out = subprocess.run(["docker", "ps", "-a", "--filter", "label=bake.job", "-q"],
                          capture_output=True, text=True, check=True).stdout
     return out.split()
-
-
-def _proxy_listeners() -> list[str]:
-    out = subprocess.run(["ss", "-Htln"], capture_output=True, text=True, check=False).stdout
-    return [line for line in out.splitlines()
-            if any(f":{port} " in line for port in range(39100, 39164))]
 
 
 SLEEPER = """\

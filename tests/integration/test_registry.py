@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from bake.builder.templates import BUILTIN_DIR
+from bake.templates import BUILTIN_DIR
 from tests.conftest import write_job
 from tests.integration.conftest import BASE, CA_BUNDLE, Host, machine_cidrs
 from tests.machines import (
@@ -392,4 +392,4 @@ def test_prune_removes_least_recently_used_first_never_in_use(
         _docker("rm", "-f", container, check=False)
 
     bad = machine.bake("prune", "--older-than", "soon")
-    assert bad.returncode == 2 and "--older-than 'soon' is not a duration" in bad.stderr
+    assert bad.returncode == 2 and "--older-than: 'soon' is not a duration" in bad.stderr

@@ -313,9 +313,9 @@ def test_no_network_interface_but_loopback(probe: dict[str, Any]) -> None:
 
 
 def test_the_job_cannot_reach_a_listener_on_the_bridge_gateway(sandbox: dict[str, Any]) -> None:
-    from bake.cache.engine import bridge_gateway
+    from bake.engine import Engine
 
-    gateway = bridge_gateway()
+    gateway = Engine.from_env().bridge_gateway()
     listener = socket.socket()
     listener.bind((gateway, 0))
     listener.listen(1)

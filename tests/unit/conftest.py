@@ -11,6 +11,8 @@ def _no_engine(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPat
     # whatever engine the machine happens to run.
     dead = tmp_path_factory.mktemp("nodocker") / "docker.sock"
     monkeypatch.setenv("DOCKER_HOST", f"unix://{dead}")
+    # ... and so does one that makes its settings by hand (Settings(): no DOCKER_HOST).
+    monkeypatch.setattr("bake.engine.client.DEFAULT_HOST", f"unix://{dead}")
 
 
 _LOCAL_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bake.resolve import ResolvedJob, resolve
+from bake.job import ResolvedJob
+from bake.resolve import resolve
 from bake.settings import Settings
 from bake.spec import load_spec
 

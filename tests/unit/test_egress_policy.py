@@ -244,11 +244,11 @@ def test_allow_cidrs_override_but_never_for_own_or_unspecified() -> None:
 
 
 def test_http_origin_addresses_pass_only_for_http_origins() -> None:
-    assert SELLER.check_address("10.0.0.5", http_origin=True).allowed
+    assert SELLER.check_address("10.0.0.5", origin=("10.0.0.5", 3141)).allowed
     assert SELLER.check_address("10.0.0.5").detail == "private"  # not through CONNECT
-    assert not SELLER.check_address("10.0.0.6", http_origin=True).allowed
+    assert not SELLER.check_address("10.0.0.6", origin=("10.0.0.6", 3141)).allowed
     # A named origin still has its resolved address checked.
-    assert not SELLER.check_address("169.254.169.254", http_origin=True).allowed
+    assert not SELLER.check_address("169.254.169.254", origin=("mirror.internal", 80)).allowed
 
 
 def test_bad_address_text_is_denied() -> None:
@@ -365,3 +365,171 @@ def test_summarize_counts_and_skips_a_torn_line(tmp_path: pytest.TempPathFactory
     assert stats == ledger.stats()
     assert stats.one_line() == "egress: 1 allowed, 2 denied, 41.2 MB in / 0.3 MB out"
     assert summarize(log.with_name("missing.jsonl")) == EgressStats()
+
+
+# --- issue 13, item 1: four gaps, each with what was tried against it ------------------------
+
+# Gap 2: an allow_cidrs entry that covers an embedding prefix (here supernets of them:
+# entries inside one are refused below) must not decide for the IPv4 address inside.
+OWN_V4 = "172.17.0.1"  # the proxy's own address on docker0
+LAX_V6 = EgressPolicy.from_settings(
+    ["a.test"], [], ["64:ff9b::/32", "2000::/3", "::/1"], own_addresses=[OWN_V4, "fd00::1"])
+
+
+@pytest.mark.parametrize(
+    ("address", "detail"),
+    [
+        # NAT64 (64:ff9b::/96): our own address, the metadata service, loopback, 0.0.0.0
+        ("64:ff9b::ac11:1", "nat64-embedded-own-address"),
+        ("64:ff9b::172.17.0.1", "nat64-embedded-own-address"),  # the dotted spelling
+        ("64:ff9b::a9fe:a9fe", "nat64-embedded-link-local"),
+        ("64:ff9b::7f00:1", "nat64-embedded-loopback"),
+        ("64:ff9b::", "nat64-embedded-unspecified"),
+        ("64:ff9b::a00:5", "nat64-embedded-private"),
+        # 6to4 (2002::/16), covered by 2000::/3
+        ("2002:ac11:1::", "6to4-embedded-own-address"),
+        ("2002:ac11:1:ffff:ffff:ffff:ffff:ffff", "6to4-embedded-own-address"),
+        ("2002:a9fe:a9fe::1", "6to4-embedded-link-local"),
+        ("2002:7f00:1::1", "6to4-embedded-loopback"),
+        # Teredo (2001::/32), covered by 2000::/3: client 172.17.0.1 is ~0xac110001
+        ("2001:0:4136:e378:8000:63bf:53ee:fffe", "teredo-embedded-own-address"),
+        ("2001:0:ac11:1:8000:63bf:f7ff:fff7", "teredo-embedded-own-address"),  # as server
+        ("2001:0:4136:e378:8000:63bf:5601:5601", "teredo-embedded-link-local"),
+        # IPv4-mapped and -compatible (covered by ::/1): never dialled at all
+        ("::ffff:172.17.0.1", "ipv4-mapped"),
+        ("::ffff:169.254.169.254", "ipv4-mapped"),
+        ("::172.17.0.1", "ipv4-compatible"),
+        ("::a9fe:a9fe", "ipv4-compatible"),
+    ],
+)
+def test_own_and_denied_addresses_beat_allow_cidrs_in_every_spelling(address: str,
+                                                                      detail: str) -> None:
+    decision = LAX_V6.check_address(address)
+    assert (decision.allowed, decision.detail) == (False, detail)
+
+
+def test_an_embedded_address_is_judged_by_the_ipv4_rules_and_entries() -> None:
+    assert LAX_V6.check_address("64:ff9b::808:808").allowed  # 8.8.8.8, public
+    assert LAX_V6.check_address("2001:db8::1").detail == "allow-cidrs"  # not an embedding
+    v4 = EgressPolicy.from_settings(["a.test"], [], ["172.16.0.0/12", "10.0.0.0/8"],
+                                    own_addresses=[OWN_V4])
+    assert v4.check_address("64:ff9b::a00:5").detail == "allow-cidrs"  # 10.0.0.5, listed
+    assert v4.check_address("64:ff9b::ac11:2").detail == "allow-cidrs"  # 172.17.0.2
+    assert v4.check_address("64:ff9b::ac11:1").detail == "nat64-embedded-own-address"
+    assert v4.check_address("2002:ac11:1::").detail == "6to4-embedded-own-address"
+    # An own address given as IPv4-mapped counts as the IPv4 address too.
+    mapped = EgressPolicy.from_settings(["a.test"], [], ["172.16.0.0/12"],
+                                        own_addresses=["::ffff:172.17.0.1"])
+    assert mapped.check_address(OWN_V4).detail == "own-address"
+
+
+@pytest.mark.parametrize("entry", ["64:ff9b::/96", "64:ff9b::ac11:0/112", "2002::/16",
+                                   "2002:ac11::/32", "2001::/32", "2001:0:ac11::/48",
+                                   "::ffff:0:0/96", "::ffff:ac11:0/112"])
+def test_an_allow_cidrs_entry_inside_an_embedding_prefix_is_refused(entry: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        EgressPolicy.from_settings([], [], [entry])
+    assert info.value.field == "egress.allow_cidrs"
+    assert repr(entry) in str(info.value) and "IPv4" in str(info.value)
+
+
+# Gap 3: an allow_http origin written as an address is that (address, port) pair only.
+def test_an_address_origin_is_an_address_and_port_pair() -> None:
+    pol = EgressPolicy.from_settings(
+        [], ["http://10.0.0.5:3141", "http://mirror.internal", "http://[fd00::5]:8080"], [])
+    assert pol.check_address("10.0.0.5", origin=("10.0.0.5", 3141)).allowed
+    assert pol.check_address("fd00::5", origin=("fd00::5", 8080)).allowed
+    # The same address reached under a name-based origin, or on another port: judged
+    # like any other address.
+    for origin in [("mirror.internal", 80), ("10.0.0.5", 80), ("10.0.0.5", 3142)]:
+        decision = pol.check_address("10.0.0.5", origin=origin)
+        assert (decision.allowed, decision.detail) == (False, "private"), origin
+    assert not pol.check_address("fd00::5", origin=("mirror.internal", 80)).allowed
+    assert not pol.check_address("10.0.0.5").allowed  # CONNECT never
+
+
+# Gap 4: IDNA 2008 / UTS 46 (the idna package), not the standard library's IDNA 2003.
+@pytest.mark.parametrize(
+    ("raw", "canonical"),
+    [
+        ("faß.de", "xn--fa-hia.de"),  # IDNA 2003 said fass.de: another domain
+        ("FASS.de", "fass.de"),
+        ("xn--fa-hia.de", "xn--fa-hia.de"),  # what pip and requests send for faß.de
+        ("XN--FA-HIA.de.", "xn--fa-hia.de"),
+        ("Bücher.example", "xn--bcher-kva.example"),
+        ("xn--bcher-kva.example", "xn--bcher-kva.example"),
+        ("ﬀ.de", "ff.de"),  # UTS 46 maps the ligature, as browsers do
+        ("ｐｙｐｉ。org", "pypi.org"),
+    ],
+)
+def test_idna_2008(raw: str, canonical: str) -> None:
+    assert normalize_host(raw) == canonical
+
+
+def test_an_idna_2008_entry_allows_the_name_clients_send() -> None:
+    pol = EgressPolicy.from_settings(["faß.de", "xn--mnchen-3ya.example"], [], [])
+    assert pol.check_connect("xn--fa-hia.de:443").allowed
+    assert pol.check_connect("fass.de:443").reason == "not-allowlisted"
+    assert pol.check_connect("xn--mnchen-3ya.example:443").allowed  # münchen
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "a\u200db.example",  # zero width joiner
+        "a\u200cb.example",  # zero width non-joiner
+        "fa\u00adss.de",  # soft hyphen: UTS 46 drops it, leaving fass.de
+        "pypi\u200b.org",  # zero width space
+        "\ufeffpypi.org",  # byte order mark
+        "pypi\u2060.org",  # word joiner
+        "a\ufe0f.example",  # variation selector
+        "a\u034fb.example",  # combining grapheme joiner
+        "xn--a.example",  # punycode that does not decode
+        "xn--fa-hia-.de",
+    ],
+)
+def test_invisible_or_broken_idna_entries_are_refused(entry: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        EgressPolicy.from_settings(["pypi.org", entry], [], [])
+    assert info.value.field == "egress.allow"
+    assert repr(entry) in str(info.value)
+
+
+def test_an_entry_whose_encoding_does_not_round_trip_is_refused(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import idna
+
+    # idna 3.x round-trips every name it accepts; a release that did not would
+    # make two spellings name one host.  The check must catch that.
+    real = idna.decode
+    monkeypatch.setattr(idna, "decode", lambda s, **kw: real(s, **kw).replace("ß", "ss"))
+    with pytest.raises(ConfigError) as info:
+        EgressPolicy.from_settings(["faß.de"], [], [])
+    assert "round-trip" in str(info.value) and "'faß.de'" in str(info.value)
+
+
+def test_the_fast_path_needs_no_idna() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from bake.egress.policy import EgressPolicy; "
+            "EgressPolicy.from_settings(['pypi.org', '*.hf.co'], ['http://10.0.0.5:3141'], []); "
+            "print('idna' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_a_bad_allow_entry_is_exit_2_naming_it(tmp_path: pytest.TempPathFactory) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    config = Path(str(tmp_path)) / "config.toml"
+    config.write_text('[egress]\nallow = ["pypi.org", "fa\\u00adss.de"]\n')
+    proc = subprocess.run([sys.executable, "-m", "bake", "--config", str(config), "proxy",
+                           "--listen", "127.0.0.1:0"], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "egress.allow" in proc.stderr and "U+00AD" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,4 +1,4 @@
-"""bake/builder/hubfetch.py as the build step runs it: a subprocess, the real client, our Hub."""
+"""The Hub fetch step (templates/_base/hubfetch.py) as setup runs it: the real client, our Hub."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hubserver import Generated, HubRepo, RunningHub, start_hub
 
-HUBFETCH = Path(__file__).resolve().parents[2] / "bake" / "builder" / "hubfetch.py"
+HUBFETCH = Path(__file__).resolve().parents[2] / "bake" / "templates" / "_base" / "hubfetch.py"
 TOKEN = "hf_fetch_test_token_5a4b3c2d1e0f"
 
 MODEL_FILES = {

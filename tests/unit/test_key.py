@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bake.builder import templates as templates_mod
+import bake.templates as templates_mod
 from bake.cache import key as key_mod
 from bake.cache.key import compute_key
 from tests.conftest import write_job

@@ -6,7 +6,6 @@ import io
 import ipaddress
 import threading
 import time
-from typing import Any
 
 import pytest
 
@@ -50,27 +49,27 @@ def test_the_hosts_file_names_every_node_and_a_single_node_is_its_loopback() -> 
 def test_the_network_is_internal_with_no_host_address() -> None:
     net = network()
     args = net.create_args()
-    assert args["internal"] is True and args["enable_ipv6"] is False
-    assert args["driver"] == "bridge" and args["attachable"] is False
-    options = args["options"]
+    assert args["Internal"] is True and args["EnableIPv6"] is False
+    assert args["Driver"] == "bridge" and args["Attachable"] is False
+    options = args["Options"]
     assert options["com.docker.network.bridge.inhibit_ipv4"] == "true"
     assert options["com.docker.network.bridge.enable_ip_masquerade"] == "false"
     # The firewall rules find the bridge by its name; interface names have 15 bytes at most.
     bridge = options["com.docker.network.bridge.name"]
     assert bridge.startswith(BRIDGE_PREFIX) and len(bridge) <= 15 and bridge == net.bridge
-    assert args["ipam"]["Config"] == [{"Subnet": "10.250.7.32/27"}]
-    assert dict(args["labels"])["bake.run"] == RUN
+    assert args["IPAM"]["Config"] == [{"Subnet": "10.250.7.32/27"}]
+    assert args["Labels"]["bake.run"] == RUN
 
 
 def test_an_overlay_network_is_the_seam_for_many_machines() -> None:
     assert NodeNetwork.prefix_for("overlay") == 26 and NodeNetwork.prefix_for("bridge") == 27
     net = NodeNetwork.for_run(RUN, "10.250.7.64/26", owner="o", driver="overlay")
     args = net.create_args()
-    assert args["driver"] == "overlay" and args["attachable"] is True
-    assert args["internal"] is True and args["options"] == {} and net.bridge == ""
+    assert args["Driver"] == "overlay" and args["Attachable"] is True
+    assert args["Internal"] is True and args["Options"] == {} and net.bridge == ""
     # The swarm picks its own endpoints' addresses in the upper half; the nodes' fixed
     # addresses and the canary's stay below it.
-    assert args["ipam"]["Config"] == [{"Subnet": "10.250.7.64/26", "IPRange": "10.250.7.96/27"}]
+    assert args["IPAM"]["Config"] == [{"Subnet": "10.250.7.64/26", "IPRange": "10.250.7.96/27"}]
     fixed = [net.node_address(r) for r in range(MAX_NODES)] + [net.address(net.canary_host)]
     assert all(ipaddress.IPv4Address(a) < ipaddress.IPv4Address("10.250.7.96") for a in fixed)
     with pytest.raises(ValueError):
@@ -95,19 +94,20 @@ def test_a_proof_stands_for_every_network_of_the_same_shape() -> None:
 
 
 def test_node_settings_one_node_has_no_network_and_n_nodes_one_of_their_own() -> None:
-    one = node_settings(0, 1, None)
-    assert one["network_mode"] == "none" and one["hostname"] == "node-0"
-    assert "network" not in one
+    one, one_host = node_settings(0, 1, None)
+    assert one_host["NetworkMode"] == "none" and one["Hostname"] == "node-0"
+    assert "NetworkingConfig" not in one
+    assert one_host["ExtraHosts"] == ["node-0:127.0.0.1"]
     net = network()
-    two = node_settings(1, 2, net)
-    assert "network_mode" not in two  # docker-py refuses network and network_mode together
-    assert two["network"] == net.name and two["hostname"] == "node-1"
-    assert two["networking_config"] == {
-        net.name: {"IPAMConfig": {"IPv4Address": "10.250.7.35"}}}
-    for settings in (one, two):
+    two, two_host = node_settings(1, 2, net)
+    assert two_host["NetworkMode"] == net.name and two["Hostname"] == "node-1"
+    assert two_host["ExtraHosts"] == ["node-0:10.250.7.34", "node-1:10.250.7.35"]
+    assert two["NetworkingConfig"] == {"EndpointsConfig": {
+        net.name: {"IPAMConfig": {"IPv4Address": "10.250.7.35"}}}}
+    for host in (one_host, two_host):
         # The engine's resolver forwards to the node's own loopback, and gives up fast.
-        assert settings["dns"] == ["127.0.0.1"]
-        assert settings["dns_opt"] == ["timeout:1", "attempts:1"]
+        assert host["Dns"] == ["127.0.0.1"]
+        assert host["DnsOptions"] == ["timeout:1", "attempts:1"]
 
 
 def test_every_node_is_hardened_exactly_like_a_single_job() -> None:
@@ -120,19 +120,22 @@ def test_every_node_is_hardened_exactly_like_a_single_job() -> None:
                               user="10001:10001", out_dir=None)
     node = container_config(plan, user="10001:10001", out_dir="/stage/out", rank=2,
                             network=network(), run_id=RUN, owner="m/b/p/1/2")
-    node_only = {"environment", "labels", "network", "networking_config", "network_mode",
-                 "hostname", "extra_hosts", "volumes"}
+    node_only = {"Env", "Labels", "NetworkingConfig", "Hostname"}
+    host_only = {"NetworkMode", "ExtraHosts", "Binds"}
     for key, value in single.items():
-        if key not in node_only:
+        if key not in node_only and key != "HostConfig":
             assert node[key] == value, key
-    assert node["environment"]["A"] == "1"
-    assert node["environment"]["RANK"] == "2"  # the job's shape wins over the spec's env
-    assert node["labels"] == {"bake.job": "k", "bake.run": RUN, "bake.node": "2",
+    for key, value in single["HostConfig"].items():
+        if key not in host_only:
+            assert node["HostConfig"][key] == value, key
+    env = dict(item.split("=", 1) for item in node["Env"])
+    assert env["A"] == "1" and env["RANK"] == "2"  # the job's shape wins over the spec's env
+    assert node["Labels"] == {"bake.job": "k", "bake.run": RUN, "bake.node": "2",
                               "bake.owner": "m/b/p/1/2"}
-    assert node["volumes"] == {"/stage/out": {"bind": "/out", "mode": "rw"}}
-    for key in ("privileged", "cap_add", "devices", "pid_mode", "userns_mode", "sysctls",
-                "ports", "publish_all_ports"):
-        assert key not in node
+    assert node["HostConfig"]["Binds"] == ["/stage/out:/out:rw"]
+    for key in ("Privileged", "CapAdd", "Devices", "PidMode", "UsernsMode", "Sysctls",
+                "PortBindings", "PublishAllPorts"):
+        assert key not in node["HostConfig"]
 
 
 def test_nodes_out_of_range_are_refused() -> None:
@@ -206,6 +209,11 @@ def test_lines_are_whole_and_prefixed_whatever_the_chunks() -> None:
     assert long.getvalue().count(b"p ") == 3
 
 
+class _State:
+    def __init__(self, running: bool, exit_code: int) -> None:
+        self.running, self.exit_code = running, exit_code
+
+
 class _Nodes:
     """A fake engine: node ``rank`` exits with ``codes[rank]`` after ``delays[rank]`` seconds,
     or when killed (137)."""
@@ -214,15 +222,14 @@ class _Nodes:
         self.codes, self.delays = codes, delays
         self.killed: list[str] = []
         self.done = {f"n{r}": threading.Event() for r in range(len(codes))}
-        self.api = self
 
-    def wait(self, name: str, timeout: float) -> dict[str, Any]:
+    def wait_container(self, name: str, timeout: float) -> int:
         rank = int(name[1:])
         if self.done[name].wait(self.delays[rank]):
-            return {"StatusCode": 137}
-        return {"StatusCode": self.codes[rank]}
+            return 137
+        return self.codes[rank]
 
-    def kill(self, name: str) -> None:
+    def kill_container(self, name: str) -> None:
         self.killed.append(name)
         self.done[name].set()
 
@@ -280,16 +287,14 @@ class _Dropped(_Nodes):
         super().__init__([0, 4], [0.05, 0.1])
         self.running, self.dropped = running, False
 
-    def wait(self, name: str, timeout: float) -> dict[str, Any]:
+    def wait_container(self, name: str, timeout: float) -> int:
         if name == "n1" and not self.dropped:
-            import requests.exceptions
-
             self.dropped = True
-            raise requests.exceptions.ConnectionError("dropped")
-        return super().wait(name, timeout)
+            raise ConnectionResetError("dropped")
+        return super().wait_container(name, timeout)
 
-    def inspect_container(self, name: str) -> dict[str, Any]:
-        return {"State": {"Running": self.running, "ExitCode": 4}}
+    def inspect_container(self, name: str) -> _State:
+        return _State(self.running, 4)
 
 
 @pytest.mark.parametrize("running", [True, False], ids=["still-running", "ended"])

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from bake.builder.render import render
-from bake.resolve import ResolvedJob, resolve
+from bake.job import ResolvedJob
+from bake.resolve import resolve
 from bake.settings import Settings
 from bake.spec import HubRepo, load_spec
 from tests.conftest import write_job

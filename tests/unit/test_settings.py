@@ -88,3 +88,68 @@ def test_bases_are_patterns() -> None:
     assert s.base_allowed("pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime")
     assert not s.base_allowed("evil.example/python:3.11")
     assert not s.base_allowed("ubuntu:24.04")
+
+
+# -- the seller's environment, read once ---------------------------------------------------------
+
+
+def test_an_engine_address_bake_cannot_use_is_exit_2_naming_the_variable() -> None:
+    from bake.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, environ={"DOCKER_HOST": "ssh://seller@build-host"})
+    assert caught.value.exit_code == 2 and caught.value.field == "DOCKER_HOST"
+    assert caught.value.source == "env DOCKER_HOST" and "ssh -L" in (caught.value.hint or "")
+    for good in ("unix:///run/docker.sock", "tcp://10.0.0.5:2376"):
+        assert load_settings(None, environ={"DOCKER_HOST": good}).env.docker_host == good
+
+
+def _context(config: Path, name: str, host: str, *, tls: bool) -> None:
+    import hashlib
+    import json
+
+    ident = hashlib.sha256(name.encode()).hexdigest()
+    meta = config / "contexts" / "meta" / ident
+    meta.mkdir(parents=True)
+    (meta / "meta.json").write_text(json.dumps(
+        {"Name": name, "Metadata": {}, "Endpoints": {"docker": {"Host": host,
+                                                                "SkipTLSVerify": False}}}))
+    if tls:
+        folder = config / "contexts" / "tls" / ident / "docker"
+        folder.mkdir(parents=True)
+        for name_ in ("ca.pem", "cert.pem", "key.pem"):
+            (folder / name_).write_text("x")
+
+
+def test_the_docker_context_names_the_engine_as_the_cli_reads_it(tmp_path: Path) -> None:
+    config = tmp_path / "docker"
+    _context(config, "remote", "tcp://10.9.8.7:2376", tls=True)
+    env = {"DOCKER_CONFIG": str(config), "DOCKER_CONTEXT": "remote"}
+    host = load_settings(None, environ=env).env
+    assert host.docker_host == "tcp://10.9.8.7:2376" and host.docker_tls_verify
+    assert host.docker_cert_path.endswith("/docker") and "remote" in host.sources["docker_host"]
+    # config.json's currentContext, when no variable names one; DOCKER_HOST beats both.
+    (config / "config.json").write_text('{"currentContext": "remote"}')
+    assert load_settings(None, environ={"DOCKER_CONFIG": str(config)}).env.docker_host == \
+        "tcp://10.9.8.7:2376"
+    explicit = dict(env, DOCKER_HOST="unix:///x.sock")
+    assert load_settings(None, environ=explicit).env.docker_host == "unix:///x.sock"
+
+
+def test_a_docker_context_that_does_not_exist_is_exit_2(tmp_path: Path) -> None:
+    from bake.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="docker context 'nope'") as caught:
+        load_settings(None, environ={"DOCKER_CONFIG": str(tmp_path), "DOCKER_CONTEXT": "nope"})
+    assert caught.value.field == "DOCKER_CONTEXT"
+    assert load_settings(None, environ={"DOCKER_CONTEXT": "default"}).env.docker_host == ""
+
+
+@pytest.mark.parametrize("url", ["htp://mirroruser:S3CRET@mirror.example/simple",
+                                 "mirroruser:S3CRET@mirror.example/simple",
+                                 "http://mirroruser:S3CRET@mirror.example/simple with space"])
+def test_a_bad_index_url_is_refused_without_showing_its_credentials(url: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, environ={"BAKE_BUILD_PIP_INDEX_URL": url})
+    assert "S3CRET" not in str(caught.value) and "mirroruser" not in str(caught.value)
+    assert caught.value.field == "build.pip_index_url" and "***@mirror.example" in str(caught.value)

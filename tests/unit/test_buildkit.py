@@ -1,12 +1,10 @@
-"""The plans that the few executing functions carry out: docker argv and container config."""
+"""The docker CLI driving BuildKit: the build argv, the CLI it finds, a failed build's summary."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from bake.builder.buildkit import PROXY_ARGS, DockerCLI, plan_build
-from bake.runner import NOBODY, RunPlan, container_config, job_user
-from bake.spec import RunLimits
 
 CLI = DockerCLI(("/usr/bin/docker", "build"), (("DOCKER_BUILDKIT", "1"),), "20.10.24", "x")
 
@@ -55,40 +53,6 @@ def test_build_env_drops_proxy_variables(monkeypatch) -> None:  # type: ignore[n
     assert "HTTPS_PROXY" not in env and env["DOCKER_BUILDKIT"] == "1"
 
 
-def test_container_is_hardened() -> None:
-    limits = RunLimits(memory=1 << 30, cpus=1.5, pids=100, timeout=60, shm=1 << 20,
-                       tmp=2 << 20)
-    config = container_config(RunPlan("img", ("python", "x.py"), (("A", "1"),), limits,
-                                      None, "k"), user="10001:10001", out_dir=None)
-    assert config["network_mode"] == "none"
-    assert config["cap_drop"] == ["ALL"]
-    assert config["security_opt"] == ["no-new-privileges"]
-    assert config["read_only"] is True
-    assert config["tmpfs"] == {"/tmp": f"rw,exec,nosuid,nodev,size={2 << 20}"}
-    assert config["log_config"]["config"]["max-size"] == "64m"
-    assert config["pids_limit"] == 100 and config["mem_limit"] == 1 << 30
-    assert config["memswap_limit"] == 1 << 30 and config["nano_cpus"] == 1_500_000_000
-    assert config["ipc_mode"] == "private" and config["use_config_proxy"] is False
-    # The spec's env, plus the node conventions (one node: rank 0 of 1).
-    assert config["environment"] == {"A": "1", "MASTER_ADDR": "node-0", "MASTER_PORT": "29500",
-                                     "NNODES": "1", "NODE_RANK": "0", "WORLD_SIZE": "1",
-                                     "RANK": "0", "LOCAL_RANK": "0"}
-    assert config["volumes"] == {}
-    assert "privileged" not in config and "devices" not in config
-
-
-def test_output_is_the_only_mount() -> None:
-    config = container_config(RunPlan("img", ("x",)), user=NOBODY, out_dir="/stage/out")
-    assert config["volumes"] == {"/stage/out": {"bind": "/out", "mode": "rw"}}
-
-
-def test_job_user_is_never_root() -> None:
-    assert job_user("") == NOBODY
-    assert job_user("root") == NOBODY
-    assert job_user("0:0") == NOBODY
-    assert job_user("10001:10001") == "10001:10001"
-
-
 def test_a_failed_build_is_summed_up_by_the_step_s_own_error() -> None:
     from bake.builder.buildkit import _failure
 
@@ -126,3 +90,18 @@ def test_the_cli_answer_is_kept_until_a_candidate_changes(tmp_path: Path) -> Non
     buildkit.find_cli(str(fake))
     assert not calls.exists(), "an unchanged binary is not asked again"
     buildkit.find_cli.cache_clear()
+
+
+REF = "reg/bake:" + "a" * 64
+
+
+def test_build_argv_carries_inline_cache_and_cache_sources() -> None:
+    cli = DockerCLI(("/usr/bin/docker", "build"), (("DOCKER_BUILDKIT", "1"),), "20.10", "x")
+    argv = plan_build(cli, Path("/w/ctx"), iidfile=Path("/w/iid"), labels={}, proxy_url=None,
+                      no_network=True, secrets={}, cache_from=(REF,),
+                      inline_cache=True).argv
+    assert "BUILDKIT_INLINE_CACHE=1" in argv
+    assert argv[argv.index("--cache-from") + 1] == REF
+    plain = plan_build(cli, Path("/w/ctx"), iidfile=Path("/w/iid"), labels={}, proxy_url=None,
+                       no_network=True, secrets={}).argv
+    assert "--cache-from" not in plain and "BUILDKIT_INLINE_CACHE=1" not in plain

@@ -16,7 +16,7 @@ import pytest
 from bake.cache.key import compute_key
 from bake.errors import HubError
 from bake.resolve import ClientHub, resolve
-from bake.settings import BuildSettings, Settings
+from bake.settings import BuildSettings, HostEnv, Settings, load_settings
 from bake.spec import HubRepo, load_spec
 from tests.conftest import write_job
 from tests.unit.helpers import fixed_base
@@ -49,8 +49,9 @@ def _spec(tmp_path: Path, tail: str) -> Path:
     return write_job(tmp_path / "job", f'[job]\ncommand = ["python", "-c", "1"]\n{tail}')
 
 
-def _resolve(spec: Path, hub: RunningHub):  # type: ignore[no-untyped-def]
-    settings = Settings(build=BuildSettings(hf_endpoint=hub.endpoint))
+def _resolve(spec: Path, hub: RunningHub, token: str = ""):  # type: ignore[no-untyped-def]
+    settings = Settings(build=BuildSettings(hf_endpoint=hub.endpoint),
+                        env=HostEnv(hf_token=token))
     return resolve(load_spec(spec), settings, base_lookup=fixed_base)
 
 
@@ -94,13 +95,12 @@ def test_missing_repo_and_revision_fail_at_key_time(tmp_path: Path, hub: Running
         assert caught.value.exit_code == 2 and words in caught.value.message
 
 
-def test_gated_repo_needs_the_token_and_the_token_is_used(
-        tmp_path: Path, hub: RunningHub, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gated_repo_needs_the_token_and_the_token_is_used(tmp_path: Path,
+                                                         hub: RunningHub) -> None:
     spec = _spec(tmp_path, '[[models]]\nrepo = "org/gated"\n')
     with pytest.raises(HubError, match="HF_TOKEN"):
         _resolve(spec, hub)
-    monkeypatch.setenv("HF_TOKEN", TOKEN)
-    assert _resolve(spec, hub).models[0].commit == hub.head("org/gated")
+    assert _resolve(spec, hub, TOKEN).models[0].commit == hub.head("org/gated")
     # The file probe ran with the token: access is proven before any build starts.  The server
     # records a request after answering it, so the record may trail the client by a moment.
     deadline = time.monotonic() + 5
@@ -109,12 +109,13 @@ def test_gated_repo_needs_the_token_and_the_token_is_used(
         time.sleep(0.01)
 
 
-def test_client_hub_takes_endpoint_from_settings_and_token_from_the_environment(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_TOKEN", TOKEN)
-    client = ClientHub.from_settings(Settings(build=BuildSettings(hf_endpoint="http://h:1")))
+def test_client_hub_takes_endpoint_from_settings_and_token_from_the_environment() -> None:
+    settings = load_settings(None, environ={"HF_TOKEN": TOKEN,
+                                            "BAKE_BUILD_HF_ENDPOINT": "http://h:1"})
+    client = ClientHub.from_settings(settings)
     assert client.endpoint == "http://h:1" and client.token == TOKEN
-    assert TOKEN not in repr(client)
+    assert TOKEN not in repr(client) and TOKEN not in repr(settings)
+    assert settings.env.sources["hf_token"] == "env HF_TOKEN"
 
 
 class RecordingHub:
@@ -142,3 +143,32 @@ def test_no_hub_is_asked_when_the_job_names_no_repo(tmp_path: Path) -> None:
     fake = RecordingHub()
     resolve(load_spec(_spec(tmp_path, "")), Settings(), base_lookup=fixed_base, hub=fake)
     assert fake.calls == []
+
+
+def test_job_files_past_the_sellers_context_limit_are_exit_2_naming_the_largest(
+        tmp_path: Path) -> None:
+    """build.max_context bounds what a build copies; checked before a byte is read."""
+    from bake.errors import SpecError
+
+    for name, size in (("weights.bin", 3 << 20), ("data/part.csv", 600 << 10), ("main.py", 10)):
+        path = tmp_path / name
+        path.parent.mkdir(exist_ok=True)
+        with open(path, "wb") as fh:  # sparse: a large size, no disk
+            fh.truncate(size)
+    spec_path = write_job(tmp_path, '[job]\nfiles = ["main.py", "weights.bin", "data"]\n'
+                                    'command = ["python", "main.py"]\n')
+    spec = load_spec(spec_path)
+
+    def never(ref: str) -> tuple[str, str]:
+        raise AssertionError("the limit is checked before the engine is asked")
+
+    assert Settings().build.max_context == 1 << 30  # the default: 1 GiB (DESIGN.md)
+    with pytest.raises(SpecError) as caught:
+        resolve(spec, Settings(build=BuildSettings(max_context=1 << 20)), base_lookup=never)
+    error = caught.value
+    assert error.exit_code == 2 and error.field == "job.files"
+    assert "3.59 MiB" in error.message and "build.max_context = 1 MiB" in error.message
+    assert "weights.bin (3 MiB), data/part.csv (600 KiB), main.py (10 B)" in error.message
+    assert "[[datasets]]" in (error.hint or "")
+    roomy = Settings(build=BuildSettings(max_context=8 << 20))
+    assert resolve(spec, roomy, base_lookup=fixed_base).spec is spec

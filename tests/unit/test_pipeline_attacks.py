@@ -20,14 +20,18 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from bake.builder.buildkit import PROXY_ARGS, DockerCLI, plan_build
+from bake.builder.buildkit import PROXY_ARGS, DockerCLI
 from bake.builder.render import render
-from bake.builder.templates import BUILTIN_DIR, list_templates
 from bake.cache.key import compute_key
-from bake.errors import SpecError
-from bake.resolve import ResolvedJob, ResolvedRepo, resolve
-from bake.settings import BuildSettings, Settings
+from bake.engine import Engine
+from bake.errors import ConfigError, SpecError
+from bake.job import ResolvedJob, ResolvedRepo
+from bake.lookup import Lookup
+from bake.pipeline import JobPlan, plan_job
+from bake.resolve import resolve
+from bake.settings import BuildSettings, EgressSettings, HostEnv, Settings
 from bake.spec import HubRepo, JobSpec, parse_spec
+from bake.templates import BUILTIN_DIR, list_templates
 from tests.unit.spec_strategies import make_job_root, spec_data
 
 # Any base passes the seller's patterns here: what the base may be is resolve's
@@ -230,17 +234,22 @@ def test_a_template_that_adds_a_url_is_caught(tmp_path: Path) -> None:
         check_dockerfile(directive, "python:3.11-slim")
 
 
-# -- the docker argv -------------------------------------------------------------------------
+# -- the docker argv: the plan the pipeline executes (plan_job), not a copy of it -------------
 
+CA = "/etc/ssl/certs/seller-ca.pem"
 # Option -> what its value must look like.  Anything else in argv is a failure.
 VALUE_OPTIONS = {
     "--iidfile": re.compile(r"/w/iid"),
-    "--build-arg": re.compile("(" + "|".join(PROXY_ARGS) + r")=(http://172\.17\.0\.1:39100)?"),
+    "--build-arg": re.compile("(" + "|".join(PROXY_ARGS) + r")=(http://172\.17\.0\.1:39100)?"
+                              r"|BUILDKIT_INLINE_CACHE=1"),
     "--label": re.compile(r"(bake\.key|bake\.manifest|bake\.template|"
                           r"org\.opencontainers\.image\.(title|base\.name|base\.digest))=.*",
                           re.DOTALL),
-    "--secret": re.compile(r"id=(bake_pip|bake_ca|bake_hf_endpoint|hf_token),src=/w/s/\w+"),
-    "--file": re.compile(r"/w/ctx/Dockerfile"),
+    "--secret": re.compile(r"id=(bake_pip|bake_hf_endpoint|hf_token),src=/w/secrets/\1"
+                           rf"|id=bake_ca,src={CA}"),
+    # Only a deps twin of bake's own, by key.
+    "--cache-from": re.compile(r"bake:[0-9a-f]{64}"),
+    "--file": re.compile(r"/w/context/Dockerfile"),
 }
 FLAG_OPTIONS = {"--progress=plain", "--network=none", "--no-cache"}
 
@@ -248,7 +257,7 @@ FLAG_OPTIONS = {"--progress=plain", "--network=none", "--no-cache"}
 def check_argv(argv: tuple[str, ...]) -> None:
     assert argv[:2] == CLI.argv
     rest = list(argv[2:])
-    assert rest.pop() == "/w/ctx"  # the one positional: the context folder
+    assert rest.pop() == "/w/context"  # the one positional: the context folder
     while rest:
         option = rest.pop(0)
         if option in FLAG_OPTIONS:
@@ -258,41 +267,62 @@ def check_argv(argv: tuple[str, ...]) -> None:
         assert VALUE_OPTIONS[option].fullmatch(value), f"{option} {value!r}"
     # Belt and braces: no element is one of these flags, wherever it sits.
     for grant in ("--allow", "--security-opt", "--privileged", "--add-host",
-                  "--build-context", "--ssh", "--output", "--cache-from"):
+                  "--build-context", "--ssh", "--output"):
         assert not any(a == grant or a.startswith(grant + "=") for a in argv), grant
     assert all(a == "--network=none" for a in argv if a.startswith("--network"))
 
 
-@pytest.mark.parametrize("proxy", [True, False], ids=["proxy", "offline"])
-def test_hostile_spec_values_never_become_docker_arguments(tmp_path: Path, proxy: bool) -> None:
-    job = resolved(hostile_spec(tmp_path, template="python", models=1, datasets=1,
-                                requirements=True, only_binary=False))
+def planned(job: ResolvedJob, *, network: bool, no_cache: bool = False) -> JobPlan:
+    """What the pipeline plans for ``job``: every seller setting that adds an argument on."""
+    settings = Settings(
+        egress=EgressSettings() if network else EgressSettings(allow=(), allow_http=()),
+        build=BuildSettings(bases=("*",), ca_bundle=CA),
+        env=HostEnv(hf_token="hf_attack_test_token"),
+    )
     key = compute_key(job)
-    labels = {  # what pipeline._build passes
-        "bake.key": key.digest, "bake.manifest": key.manifest_json(),
-        "bake.template": job.template.name,
-        "org.opencontainers.image.title": job.spec.name or job.template.name,
-        "org.opencontainers.image.base.name": job.base_ref,
-        "org.opencontainers.image.base.digest": job.base_digest,
-    }
-    secrets = {name: Path(f"/w/s/{name}") for name in ("bake_pip", "bake_ca",
-                                                       "bake_hf_endpoint", "hf_token")}
-    plan = plan_build(CLI, Path("/w/ctx"), iidfile=Path("/w/iid"), labels=labels,
-                      proxy_url="http://172.17.0.1:39100" if proxy else None,
-                      no_network=not proxy, secrets=secrets)
-    check_argv(plan.argv)
+    found = Lookup(settings, Engine(), job, key, key.image("bake"), present=False)
+    return plan_job(found, cli=CLI, gateway="172.17.0.1" if network else None,
+                    no_cache=no_cache)
+
+
+@pytest.mark.parametrize("proxy", [True, False], ids=["proxy", "offline"])
+@pytest.mark.parametrize("no_cache", [True, False], ids=["nocache", "cache"])
+def test_hostile_spec_values_never_become_docker_arguments(tmp_path: Path, proxy: bool,
+                                                           no_cache: bool) -> None:
+    hubs = 1 if proxy else 0  # a Hub job needs the network (planning refuses it offline)
+    job = resolved(hostile_spec(tmp_path, template="python", models=hubs, datasets=hubs,
+                                requirements=True, only_binary=False))
+    plan = planned(job, network=proxy, no_cache=no_cache)
+    argv = plan.build_plan(Path("/w"), proxy_url="http://172.17.0.1:39100" if proxy else None,
+                           cache_from=plan.cache_candidates).argv
+    check_argv(argv)
+    assert ("--cache-from" in argv) is not no_cache  # the deps twin, as the pipeline passes it
+    assert "BUILDKIT_INLINE_CACHE=1" in argv
     # The hostile name is one argument, glued to its label key.
-    assert "org.opencontainers.image.title=--network=host --allow=security.insecure é" \
-        in plan.argv
+    assert "org.opencontainers.image.title=--network=host --allow=security.insecure é" in argv
     # Linux refuses any one argument over 128 KiB (MAX_ARG_STRLEN): the manifest must fit.
-    assert max(len(a.encode()) for a in plan.argv) < 128 << 10
+    assert max(len(a.encode()) for a in argv) < 128 << 10
+    # The token is a secret's content, never an argument, and never in the plan's repr.
+    assert not any("hf_attack_test_token" in a for a in argv)
+    assert "hf_attack_test_token" not in repr(plan)
+
+
+def test_a_hub_job_without_network_is_refused_while_planning(tmp_path: Path) -> None:
+    job = resolved(hostile_spec(tmp_path, template="python", models=1, datasets=0,
+                                requirements=False, only_binary=True))
+    with pytest.raises(ConfigError, match=r"build\.hf_endpoint"):
+        planned(job, network=False)
 
 
 def test_the_argv_check_can_fail() -> None:
     with pytest.raises(AssertionError, match="unexpected docker argument"):
-        check_argv((*CLI.argv, "--allow", "security.insecure", "/w/ctx"))
+        check_argv((*CLI.argv, "--allow", "security.insecure", "/w/context"))
     with pytest.raises(AssertionError):
-        check_argv((*CLI.argv, "--label", "evil=1", "/w/ctx"))
+        check_argv((*CLI.argv, "--label", "evil=1", "/w/context"))
+    with pytest.raises(AssertionError):
+        check_argv((*CLI.argv, "--cache-from", "evil.example/image:latest", "/w/context"))
+    with pytest.raises(AssertionError):
+        check_argv((*CLI.argv, "--secret", "id=bake_pip,src=/home/seller/.netrc", "/w/context"))
 
 
 # -- hypothesis: parse, resolve, render ------------------------------------------------------
@@ -346,11 +376,10 @@ def test_a_job_with_many_files_still_fits_in_one_docker_argument(tmp_path: Path)
         (data / f"part-{i:05d}.txt").write_text(str(i))
     spec = parse_spec({"job": {"files": ["data"], "command": ["python", "x"]}},
                       root=tmp_path.resolve())
-    key = compute_key(resolved(spec))
-    plan = plan_build(CLI, Path("/w/ctx"), iidfile=Path("/w/iid"),
-                      labels={"bake.manifest": key.label()}, proxy_url=None,
-                      no_network=True, secrets={})
-    assert max(len(a.encode()) for a in plan.argv) < 128 << 10
+    job = resolved(spec)
+    key = compute_key(job)
+    argv = planned(job, network=False).build_plan(Path("/w"), proxy_url=None, cache_from=()).argv
+    assert max(len(a.encode()) for a in argv) < 128 << 10
     # The label names the files' digest and count; the key still covers every file.
     label = json.loads(key.label())
     assert label["files"]["count"] == 1500

@@ -1,10 +1,11 @@
-"""Find a template by name and fingerprint its files (no Jinja: this runs on every key).
+"""bake's templates, and how a template is found by name and fingerprinted.
 
 A template is a folder ``<name>/`` holding ``Dockerfile.j2`` and ``template.toml``.
-bake's own live in ``bake/templates``; the seller's folders (``build.templates``)
+bake's own live here, beside this file; the seller's folders (``build.templates``)
 are searched first, so a seller may replace one of ours.  Every template extends
-``_base/Dockerfile.j2`` and the build context carries ``hubfetch.py``, so their
-bytes feed every template's digest too.
+``_base/Dockerfile.j2``, and ``_base`` also holds the files the build context
+carries into setup steps (``hubfetch.py``, ``hub-client.txt``), so the bytes of
+``_base`` feed every template's digest.  No Jinja here: this runs on every key.
 """
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ from ..errors import ConfigError, SpecError
 
 __all__ = ["BUILTIN_DIR", "Template", "Variant", "find_template", "list_templates"]
 
-BUILTIN_DIR = Path(__file__).resolve().parent.parent / "templates"
-HUBFETCH = Path(__file__).resolve().parent / "hubfetch.py"
+BUILTIN_DIR = Path(__file__).resolve().parent
 _SHARED = ("_base",)
 
 
@@ -44,6 +44,17 @@ class Template:
     digest: str
     description: str = ""
     variants: tuple[Variant, ...] = field(default=())
+    #: Every path read or probed to find and fingerprint it (the fast path's record).
+    inputs: tuple[Path, ...] = field(default=(), compare=False)
+
+    def base_file(self, name: str) -> Path:
+        """A file of ``_base`` from the first folder that has one: the same ``_base`` whose
+        Dockerfile Jinja extends and whose files feed the template's digest."""
+        for folder in self.search_path:
+            candidate = folder / "_base" / name
+            if candidate.is_file():
+                return candidate
+        raise FileNotFoundError(f"no _base/{name} in {self.search_path}")
 
 
 def _search_path(extra: tuple[str, ...]) -> tuple[Path, ...]:
@@ -61,10 +72,12 @@ def list_templates(extra: tuple[str, ...] = ()) -> list[str]:
 
 def find_template(name: str, extra: tuple[str, ...] = ()) -> Template:
     search = _search_path(extra)
+    probed: list[Path] = []
     for folder in search:
         candidate = folder / name
+        probed.append(candidate / "Dockerfile.j2")
         if (candidate / "Dockerfile.j2").is_file() and not name.startswith("_"):
-            return _load(name, candidate, search)
+            return _load(name, candidate, search, tuple(probed))
     known = list_templates(extra)
     close = difflib.get_close_matches(name, known, n=1)
     raise SpecError(
@@ -74,7 +87,8 @@ def find_template(name: str, extra: tuple[str, ...] = ()) -> Template:
     )
 
 
-def _load(name: str, folder: Path, search: tuple[Path, ...]) -> Template:
+def _load(name: str, folder: Path, search: tuple[Path, ...],
+          probed: tuple[Path, ...] = ()) -> Template:
     meta_path = folder / "template.toml"
     try:
         meta = tomllib.loads(meta_path.read_text(encoding="utf-8"))
@@ -93,32 +107,37 @@ def _load(name: str, folder: Path, search: tuple[Path, ...]) -> Template:
             requirements=tuple(entry.get("requirements", [])),
             models=tuple(entry.get("models", [])),
         ))
+    digest, read = _digest(folder, search)
     return Template(
         name=name,
         folder=folder,
         search_path=search,
         default_base=default_base,
-        digest=_digest(folder, search),
+        digest=digest,
         description=str(meta.get("description", "")),
         variants=tuple(variants),
+        inputs=(*probed, *read),
     )
 
 
-def _digest(folder: Path, search: tuple[Path, ...]) -> str:
-    """sha256 over the template's files, the shared base template and hubfetch.py."""
+def _digest(folder: Path, search: tuple[Path, ...]) -> tuple[str, tuple[Path, ...]]:
+    """sha256 over the template's files and those of the shared ``_base``; and every
+    path it read or walked."""
     h = hashlib.sha256()
     roots = [("template", folder)]
+    read: list[Path] = []
     for shared in _SHARED:
         for base in search:
+            read.append(base / shared)
             if (base / shared).is_dir():
                 roots.append((shared, base / shared))
                 break
     for label, root in roots:
-        files = (p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
-        for path in sorted(files):
+        entries = [p for p in root.rglob("*") if "__pycache__" not in p.parts]
+        read += [root, *(p for p in entries if p.is_dir())]
+        for path in sorted(p for p in entries if p.is_file()):
+            read.append(path)
             rel = path.relative_to(root).as_posix()
             h.update(f"{label}/{rel}\0".encode())
             h.update(hashlib.sha256(path.read_bytes()).digest())
-    if HUBFETCH.is_file():
-        h.update(b"hubfetch.py\0" + hashlib.sha256(HUBFETCH.read_bytes()).digest())
-    return "sha256:" + h.hexdigest()
+    return "sha256:" + h.hexdigest(), tuple(read)
