@@ -291,6 +291,37 @@ def _remove_canary(engine: Engine, name: str, *, maybe_in_flight: bool) -> None:
             time.sleep(0.1)
 
 
+def _canary_output(engine: Engine, image: str, what: str, config: dict[str, Any]
+                   ) -> bytes | Proof:
+    """Run a canary container to its end (60 s at most) as nobody, with none of the
+    seller's environment: what it printed, or a failed :class:`Proof` saying why."""
+    # A name of our own lets the finally clause remove the canary even when a Ctrl-C
+    # or SIGTERM lands after the Engine created it but before create returned its id.
+    name = f"bake-canary-{uuid.uuid4().hex[:16]}"
+    created = False
+    try:
+        ident = engine.create_container(name, {
+            "Image": image,
+            "User": "65534:65534",
+            "Env": [],  # nothing of the seller's environment, no proxy settings
+            **config,
+        })
+        created = True
+        engine.start_container(ident)
+        try:
+            code = engine.wait_container(ident, timeout=60)
+        except TimeoutError:
+            return Proof(False, f"the {what} in {image} did not finish within 60 s")
+        if code != 0:
+            return Proof(False, f"the {what} failed to run in {image}: exit {code}")
+        return engine.container_output(ident)
+    except EngineError as exc:
+        raise EngineError(f"cannot run the {what} in {image}: {exc.message}",
+                          hint=exc.hint) from exc
+    finally:
+        _remove_canary(engine, name, maybe_in_flight=not created)
+
+
 def prove(engine: Engine, image: str, proxy: RunningProxy) -> Proof:
     """Run the canary in a container on the bridge, next to a live proxy."""
     rules = locked_rules_present(engine)
@@ -299,37 +330,15 @@ def prove(engine: Engine, image: str, proxy: RunningProxy) -> Proof:
         listener.bind((proxy.host, 0))
         listener.listen(8)
         direct_port = listener.getsockname()[1]
-        # A name of our own lets the finally clause remove the canary even when a
-        # Ctrl-C or SIGTERM lands after the Engine created it but before create()
-        # returned its id.
-        name = f"bake-canary-{uuid.uuid4().hex[:16]}"
-        created = False
-        try:
-            ident = engine.create_container(name, {
-                "Image": image,
-                "Cmd": ["python3", "-c", _CANARY, proxy.host, str(direct_port),
-                        str(proxy.port)],
-                "User": "65534:65534",
-                "Env": [],  # nothing of the seller's environment, no proxy settings
-                "HostConfig": {"NetworkMode": "bridge", "CapDrop": ["ALL"],
-                               "SecurityOpt": ["no-new-privileges"]},
-            })
-            created = True
-            engine.start_container(ident)
-            try:
-                code = engine.wait_container(ident, timeout=60)
-            except TimeoutError:
-                return Proof(False, f"the canary in {image} did not finish within 60 s")
-            output = engine.container_output(ident)
-            if code != 0:
-                return Proof(False, f"the canary failed to run in {image}: exit {code}")
-        except EngineError as exc:
-            raise EngineError(f"cannot run the egress canary in {image}: {exc.message}",
-                              hint=exc.hint) from exc
-        finally:
-            _remove_canary(engine, name, maybe_in_flight=not created)
+        output = _canary_output(engine, image, "egress canary", {
+            "Cmd": ["python3", "-c", _CANARY, proxy.host, str(direct_port), str(proxy.port)],
+            "HostConfig": {"NetworkMode": "bridge", "CapDrop": ["ALL"],
+                           "SecurityOpt": ["no-new-privileges"]},
+        })
     finally:
         listener.close()
+    if isinstance(output, Proof):
+        return output
     try:
         checks = json.loads(output.decode().strip().splitlines()[-1])
     except (ValueError, IndexError):
@@ -636,39 +645,21 @@ def prove_nodes(engine: Engine, image: str, python: str, network: str, gateway: 
     rules = node_rules_present()
     bait = _HostListeners()
     targets = [gateway, *host_addresses()]
-    name = f"bake-canary-{uuid.uuid4().hex[:16]}"
-    created = False
     try:
-        try:
-            ident = engine.create_container(name, {
-                "Image": image,
-                "Cmd": [python, "-c", _NODE_CANARY, json.dumps(targets), str(bait.port),
-                        canary_address],
-                "User": "65534:65534",
-                "Env": [],
-                # The owner label lets a later run sweep it if this bake is killed.
-                "Labels": {"bake.canary": "nodes", OWNER_LABEL: owner},
-                "HostConfig": {"NetworkMode": network, "CapDrop": ["ALL"], "Dns": [NODE_DNS],
-                               "SecurityOpt": ["no-new-privileges"], "ReadonlyRootfs": True},
-                "NetworkingConfig": {"EndpointsConfig": {
-                    network: {"IPAMConfig": {"IPv4Address": canary_address}}}},
-            })
-            created = True
-            engine.start_container(ident)
-            try:
-                code = engine.wait_container(ident, timeout=60)
-            except TimeoutError:
-                return Proof(False, f"the node canary in {image} did not finish within 60 s")
-            output = engine.container_output(ident)
-        except EngineError as exc:
-            raise EngineError(f"cannot run the node-network canary in {image}: {exc.message}",
-                              hint=exc.hint) from exc
-        finally:
-            _remove_canary(engine, name, maybe_in_flight=not created)
+        output = _canary_output(engine, image, "node canary", {
+            "Cmd": [python, "-c", _NODE_CANARY, json.dumps(targets), str(bait.port),
+                    canary_address],
+            # The owner label lets a later run sweep it if this bake is killed.
+            "Labels": {"bake.canary": "nodes", OWNER_LABEL: owner},
+            "HostConfig": {"NetworkMode": network, "CapDrop": ["ALL"], "Dns": [NODE_DNS],
+                           "SecurityOpt": ["no-new-privileges"], "ReadonlyRootfs": True},
+            "NetworkingConfig": {"EndpointsConfig": {
+                network: {"IPAMConfig": {"IPv4Address": canary_address}}}},
+        })
     finally:
         bait.close()
-    if code != 0:
-        return Proof(False, f"the node canary failed to run in {image}: exit {code}")
+    if isinstance(output, Proof):
+        return output
     try:
         checks = json.loads(output.decode().strip().splitlines()[-1])
     except (ValueError, IndexError):
