@@ -104,8 +104,11 @@ def run(
     ctx: typer.Context,
     target: Annotated[str, typer.Argument(help="bake.toml, its folder, or a baked image")],
     output: Annotated[Path | None, typer.Option("--output", "-o",
-                                                   help="Folder for what the job writes to /out.")]
+                                                   help="Folder for what the job writes to /out "
+                                                   "(one folder per node).")]
     = None,
+    nodes: Annotated[int | None, typer.Option("--nodes", help="Run on N nodes (1-16): "
+                                                 "overrides [run] nodes.")] = None,
     json: JsonOpt = False,
 ) -> None:
     """Build if needed, then run the job offline and hardened; exit with the job's code.
@@ -114,23 +117,23 @@ def run(
     """
     try:
         with console.ConsoleReporter(quiet=False) as reporter:
-            result = pipeline.run(target, args=list(ctx.args), output=output, settings=_settings(),
-                            reporter=reporter,
-                            # with --json, stdout holds bake's one JSON object: the job's
-                            # own stdout goes to stderr
-                            stdout=sys.stderr.buffer if json else None)
+            result = pipeline.run(target, args=list(ctx.args), output=output, nodes=nodes,
+                                  settings=_settings(), reporter=reporter,
+                                  # with --json, stdout holds bake's one JSON object: the
+                                  # job's own stdout goes to stderr
+                                  stdout=sys.stderr.buffer if json else None)
     except Interrupted:
         raise
     except BakeError as exc:
         # `docker run` convention: 125 when the tool fails before the job starts.
         raise RunError(exc.message, hint=exc.hint) from exc
     if json:
-        console.json_line({
-            "image": result.image, "exit_code": result.exit_code, "timed_out": result.timed_out,
-            "oom_killed": result.oom_killed, "duration_s": result.duration_s,
-            "output": result.output, "skipped_outputs": list(result.skipped_outputs),
-        })
-    if result.timed_out or result.oom_killed:
+        console.json_line(result.to_json())
+    if result.output_note:
+        console.note(result.output_note)
+    if len(result.nodes) > 1 and result.failed_node is not None and not result.timed_out:
+        console.note(f"{result.reason} first; bake stopped the other nodes")
+    elif result.timed_out or result.oom_killed:
         console.note(f"the job {result.reason}")
     raise typer.Exit(124 if result.timed_out else result.exit_code)
 

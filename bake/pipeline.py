@@ -425,13 +425,15 @@ def run(
     *,
     args: Sequence[str] = (),
     output: Path | None = None,
+    nodes: int | None = None,
     settings: Settings | None = None,
     config: str | None = None,
     reporter: Reporter | None = None,
     stdout: IO[bytes] | None = None,
     stderr: IO[bytes] | None = None,
 ) -> RunResult:
-    """Build if needed, then run the job offline and hardened."""
+    """Build if needed, then run the job offline and hardened; ``nodes`` overrides
+    ``[run] nodes`` (N containers on a network of the job's own)."""
     cfg = _settings(settings, config)
     engine = Engine.from_settings(cfg)
     target = str(spec_or_image)
@@ -443,6 +445,7 @@ def run(
         plan = spec_job(built.image, found.spec, args=args, output=output)
     else:
         plan = image_job(engine, target, args=args, output=output)
+    plan = plan.with_nodes(nodes)
     if not engine.has_image(plan.image):
         raise RunError(f"image {plan.image} is not on this engine",
                        hint="build it first (bake build SPEC) or pull it")

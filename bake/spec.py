@@ -87,6 +87,8 @@ class RunLimits:
     timeout: int = 2 * 3600
     shm: int = 64 << 20
     tmp: int = 256 << 20
+    output: int = 1 << 30  # most bytes a node may leave in /out (see bake/outbox.py)
+    nodes: int = 1
 
 
 @dataclass(frozen=True)
@@ -114,7 +116,8 @@ _TOP = ("name", "template", "base", "python", "models", "datasets", "job", "run"
 _PYTHON = ("requirements", "requirements_file", "only_binary")
 _HUB = ("repo", "revision", "include", "exclude")
 _JOB = ("files", "command", "env")
-_RUN = ("memory", "cpus", "pids", "gpus", "timeout", "shm", "tmp")
+_RUN = ("memory", "cpus", "pids", "gpus", "timeout", "shm", "tmp", "output", "nodes")
+MAX_NODES = 16
 
 
 def load_spec(path: str | Path) -> JobSpec:
@@ -449,6 +452,10 @@ class _Parser:
         gpus = table.get("gpus", defaults.gpus)
         if not isinstance(gpus, str) or not _GPUS.fullmatch(gpus):
             raise SpecError("must be \"\", \"all\" or \"device=0,1\"", field="run.gpus")
+        nodes = table.get("nodes", defaults.nodes)
+        if (isinstance(nodes, bool) or not isinstance(nodes, int)
+                or not 1 <= nodes <= MAX_NODES):
+            raise SpecError(f"must be a whole number from 1 to {MAX_NODES}", field="run.nodes")
         return RunLimits(
             memory=_size(table.get("memory", defaults.memory), "run.memory", minimum=6 << 20),
             cpus=float(cpus),
@@ -457,6 +464,8 @@ class _Parser:
             timeout=_duration(table.get("timeout", defaults.timeout), "run.timeout"),
             shm=_size(table.get("shm", defaults.shm), "run.shm", minimum=1 << 20),
             tmp=_size(table.get("tmp", defaults.tmp), "run.tmp", minimum=1 << 20),
+            output=_size(table.get("output", defaults.output), "run.output", minimum=1 << 20),
+            nodes=nodes,
         )
 
 

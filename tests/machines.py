@@ -146,12 +146,15 @@ def _unused_subnet() -> str:
 
 @contextmanager
 def second_engine(seed: Callable[[str], None], *, label: str = "engine2",
-                  data_size: str | None = None,
+                  data_size: str | None = None, resolv_conf: str | None = None,
                   extra_args: tuple[str, ...] = ()) -> Iterator[str]:
     """A second dockerd; ``seed(socket)`` gives it its base image.  Yields its DOCKER_HOST.
 
     ``data_size`` (e.g. "600m") puts its data root on a tmpfs of that size: a
-    machine whose disk fills up.  ``extra_args`` go to dockerd (e.g. a TLS listener).
+    machine whose disk fills up.  ``resolv_conf`` is the ``/etc/resolv.conf`` this
+    engine sees (in a mount namespace of its own; the host's file is untouched):
+    e.g. a machine whose resolver is systemd-resolved's 127.0.0.53.  ``extra_args``
+    go to dockerd (e.g. a TLS listener).
     """
     if os.geteuid() != 0:
         raise MachineError("a second dockerd needs root")
@@ -172,12 +175,18 @@ def second_engine(seed: Callable[[str], None], *, label: str = "engine2",
             mounted = True
         subprocess.run(["ip", "addr", "add", f"{prefix}1/24", "dev", bridge], check=True)
         subprocess.run(["ip", "link", "set", bridge, "up"], check=True)
-        proc = subprocess.Popen(
-            [shutil.which("dockerd") or "/usr/sbin/dockerd", "--data-root", str(root / "data"),
-             "--exec-root", str(root / "exec"), "--pidfile", str(root / "dockerd.pid"),
-             "-H", sock, f"--bridge={bridge}", "--iptables=false", "--ip-masq=false",
-             "--ip-forward=false", f"--cgroup-parent=bake-{label}", *extra_args],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        argv = [shutil.which("dockerd") or "/usr/sbin/dockerd", "--data-root", str(root / "data"),
+                "--exec-root", str(root / "exec"), "--pidfile", str(root / "dockerd.pid"),
+                "-H", sock, f"--bridge={bridge}", "--iptables=false", "--ip-masq=false",
+                "--ip-forward=false", f"--cgroup-parent=bake-{label}", *extra_args]
+        if resolv_conf is not None:
+            (root / "resolv.conf").write_text(resolv_conf)
+            # unshare and sh exec: the pid stays dockerd's, so SIGTERM below reaches it.
+            argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                    'mount --bind "$0" /etc/resolv.conf && exec "$@"', str(root / "resolv.conf"),
+                    *argv]
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
         deadline = time.monotonic() + 60
         while docker("version", host=sock, check=False).returncode != 0:
             if proc.poll() is not None or time.monotonic() > deadline:

@@ -13,14 +13,30 @@ and the forwarding chain must be in place.
 
 Build steps cannot join a custom network with the engine's built-in BuildKit
 (ENVIRONMENT.md), so the confinement is of the default bridge as a whole.
+
+The networks of multi-node jobs (``bake/nodes.py``) get two chains of their own,
+matched by their bridges' name prefix, so one set of rules covers every job::
+
+    INPUT       -> BAKE-NODES-IN:    from a node bridge, nothing reaches the host
+    DOCKER-USER -> BAKE-NODES-FWD:   bridged between one job's nodes: accepted;
+                                     anything else from or to a node bridge: dropped
+
+DROP, not REJECT, here: the host has no address on a node bridge, so a reject
+would leave by another interface.  :func:`ensure_node_rules` installs them (they
+touch nothing but bake's own bridges, so ``bake run`` may add them itself), and
+:func:`prove_nodes` shows from a canary on a job's network that the host, on every
+one of its addresses, does not answer.
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
+import itertools
 import json
 import shutil
 import socket
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -30,6 +46,7 @@ from typing import Any
 from .. import proc
 from ..engine import Engine
 from ..errors import BakeError, EgressError, EngineError, UsageError
+from ..nodes import BRIDGE_PREFIX, NODE_DNS, OWNER_LABEL
 from ..state import state_dir
 from .policy import EgressPolicy
 from .proxy import ProxyLimits, RunningProxy, start_proxy
@@ -41,9 +58,13 @@ __all__ = [
     "Proof",
     "bridge_neighbours",
     "describe_neighbours",
+    "ensure_node_rules",
+    "host_addresses",
     "lock",
     "neighbours_note",
+    "node_rules_present",
     "prove",
+    "prove_nodes_recent",
     "start_build_proxy",
     "status",
     "unlock",
@@ -270,6 +291,37 @@ def _remove_canary(engine: Engine, name: str, *, maybe_in_flight: bool) -> None:
             time.sleep(0.1)
 
 
+def _canary_output(engine: Engine, image: str, what: str, config: dict[str, Any]
+                   ) -> bytes | Proof:
+    """Run a canary container to its end (60 s at most) as nobody, with none of the
+    seller's environment: what it printed, or a failed :class:`Proof` saying why."""
+    # A name of our own lets the finally clause remove the canary even when a Ctrl-C
+    # or SIGTERM lands after the Engine created it but before create returned its id.
+    name = f"bake-canary-{uuid.uuid4().hex[:16]}"
+    created = False
+    try:
+        ident = engine.create_container(name, {
+            "Image": image,
+            "User": "65534:65534",
+            "Env": [],  # nothing of the seller's environment, no proxy settings
+            **config,
+        })
+        created = True
+        engine.start_container(ident)
+        try:
+            code = engine.wait_container(ident, timeout=60)
+        except TimeoutError:
+            return Proof(False, f"the {what} in {image} did not finish within 60 s")
+        if code != 0:
+            return Proof(False, f"the {what} failed to run in {image}: exit {code}")
+        return engine.container_output(ident)
+    except EngineError as exc:
+        raise EngineError(f"cannot run the {what} in {image}: {exc.message}",
+                          hint=exc.hint) from exc
+    finally:
+        _remove_canary(engine, name, maybe_in_flight=not created)
+
+
 def prove(engine: Engine, image: str, proxy: RunningProxy) -> Proof:
     """Run the canary in a container on the bridge, next to a live proxy."""
     rules = locked_rules_present(engine)
@@ -278,37 +330,15 @@ def prove(engine: Engine, image: str, proxy: RunningProxy) -> Proof:
         listener.bind((proxy.host, 0))
         listener.listen(8)
         direct_port = listener.getsockname()[1]
-        # A name of our own lets the finally clause remove the canary even when a
-        # Ctrl-C or SIGTERM lands after the Engine created it but before create()
-        # returned its id.
-        name = f"bake-canary-{uuid.uuid4().hex[:16]}"
-        created = False
-        try:
-            ident = engine.create_container(name, {
-                "Image": image,
-                "Cmd": ["python3", "-c", _CANARY, proxy.host, str(direct_port),
-                        str(proxy.port)],
-                "User": "65534:65534",
-                "Env": [],  # nothing of the seller's environment, no proxy settings
-                "HostConfig": {"NetworkMode": "bridge", "CapDrop": ["ALL"],
-                               "SecurityOpt": ["no-new-privileges"]},
-            })
-            created = True
-            engine.start_container(ident)
-            try:
-                code = engine.wait_container(ident, timeout=60)
-            except TimeoutError:
-                return Proof(False, f"the canary in {image} did not finish within 60 s")
-            output = engine.container_output(ident)
-            if code != 0:
-                return Proof(False, f"the canary failed to run in {image}: exit {code}")
-        except EngineError as exc:
-            raise EngineError(f"cannot run the egress canary in {image}: {exc.message}",
-                              hint=exc.hint) from exc
-        finally:
-            _remove_canary(engine, name, maybe_in_flight=not created)
+        output = _canary_output(engine, image, "egress canary", {
+            "Cmd": ["python3", "-c", _CANARY, proxy.host, str(direct_port), str(proxy.port)],
+            "HostConfig": {"NetworkMode": "bridge", "CapDrop": ["ALL"],
+                           "SecurityOpt": ["no-new-privileges"]},
+        })
     finally:
         listener.close()
+    if isinstance(output, Proof):
+        return output
     try:
         checks = json.loads(output.decode().strip().splitlines()[-1])
     except (ValueError, IndexError):
@@ -390,3 +420,284 @@ def status(engine: Engine, image: str) -> Proof:
     policy = EgressPolicy.from_settings([], [], [], own_addresses=[gateway])
     with start_build_proxy(policy, gateway, log_path=None, limits=ProxyLimits()) as proxy:
         return prove(engine, image, proxy)
+
+
+# -- the networks of multi-node jobs -----------------------------------------------------------
+
+CHAIN_NODES_IN = "BAKE-NODES-IN"
+CHAIN_NODES_FWD = "BAKE-NODES-FWD"
+_NODE_PARENT = {CHAIN_NODES_IN: "INPUT", CHAIN_NODES_FWD: "DOCKER-USER"}
+
+
+def _node_rules(prefix: str) -> dict[str, list[list[str]]]:
+    """The rules for every bridge whose name starts with ``prefix``.  Pure."""
+    bridges = f"{prefix}+"
+    return {
+        CHAIN_NODES_IN: [["-i", bridges, "-j", "DROP"]],
+        CHAIN_NODES_FWD: [
+            # Frames bridged between two ports of one bridge: one job's nodes.  Routed
+            # traffic between two node bridges is never "bridged", so it is dropped below.
+            ["-i", bridges, "-o", bridges, "-m", "physdev", "--physdev-is-bridged",
+             "-j", "ACCEPT"],
+            ["-i", bridges, "-j", "DROP"],
+            ["-o", bridges, "-j", "DROP"],
+        ],
+    }
+
+
+def node_rules_present() -> bool:
+    """Are the node chains, their rules and their jumps in place (both tables)?"""
+    rules = _node_rules(BRIDGE_PREFIX)
+    try:
+        for table in _tables():
+            for chain, chain_rules in rules.items():
+                if _ipt(table, "-C", _NODE_PARENT[chain], "-j", chain, check=False).returncode:
+                    return False
+                for rule in chain_rules:
+                    if _ipt(table, "-C", chain, *rule, check=False).returncode:
+                        return False
+    except (BakeError, OSError):
+        return False
+    return True
+
+
+def ensure_node_rules() -> None:
+    """Install the node chains where they are missing; never flushes, so that a run
+    starting at the same moment never sees them empty."""
+    if node_rules_present():
+        return
+    rules = _node_rules(BRIDGE_PREFIX)
+    for table in _tables():
+        for chain, chain_rules in rules.items():
+            parent = _NODE_PARENT[chain]
+            if _ipt(table, "-n", "-L", parent, check=False).returncode != 0:
+                # An engine started with --iptables=false makes no DOCKER-USER chain.
+                _ipt(table, "-N", parent, check=False)
+                _ipt(table, "-I", "FORWARD", "1", "-j", parent)
+            if _ipt(table, "-n", "-L", chain, check=False).returncode != 0:
+                _ipt(table, "-N", chain, check=False)
+            for rule in chain_rules:
+                if _ipt(table, "-C", chain, *rule, check=False).returncode != 0:
+                    _ipt(table, "-A", chain, *rule)
+            if _ipt(table, "-C", parent, "-j", chain, check=False).returncode != 0:
+                _ipt(table, "-I", parent, "1", "-j", chain)
+    if not node_rules_present():
+        raise EgressError("bake's firewall rules for job networks did not take",
+                          hint="check `iptables -S BAKE-NODES-FWD` as root")
+
+
+def _node_fingerprint(extra: str) -> str | None:
+    """A digest of every rule that decides what a node bridge reaches (None: unreadable).
+
+    Not the whole table: the engine adds rules for every network it creates, bake's
+    own job networks included, and those do not change what a node reaches.
+    """
+    digest = hashlib.sha256(extra.encode())
+    try:
+        tables = _tables()
+    except BakeError:
+        return None
+    for table in tables:
+        for chain in ("INPUT", "DOCKER-USER", CHAIN_NODES_IN, CHAIN_NODES_FWD):
+            answer = _ipt(table, "-S", chain, check=False)
+            if not answer.ok:
+                return None
+            digest.update(answer.stdout.encode())
+        answer = _ipt(table, "-S", "FORWARD", check=False)
+        if not answer.ok:
+            return None
+        # The policy and what runs before the jump to DOCKER-USER.
+        for line in answer.stdout.splitlines():
+            digest.update(line.encode())
+            if line.endswith("-j DOCKER-USER"):
+                break
+    return digest.hexdigest()
+
+
+def host_addresses() -> list[str]:
+    """Every address of this host but loopback and link-local ones: the canary's targets."""
+    found: set[str] = set()
+    try:
+        lines = Path("/proc/net/fib_trie").read_text().splitlines()
+    except OSError:
+        lines = []
+    for previous, line in itertools.pairwise(lines):
+        if line.strip() == "/32 host LOCAL":
+            address = previous.strip().removeprefix("|-- ")
+            if not address.startswith("127."):
+                found.add(address)
+    try:
+        inet6 = Path("/proc/net/if_inet6").read_text().splitlines()
+    except OSError:
+        inet6 = []
+    for line in inet6:
+        fields = line.split()
+        if not fields:
+            continue
+        v6 = ipaddress.IPv6Address(bytes.fromhex(fields[0]))
+        if not (v6.is_loopback or v6.is_link_local):
+            found.add(str(v6))
+    return sorted(found)
+
+
+# Plenty for a listener that answers; an address no one holds fails by the neighbour
+# lookup's own timeout (3 s) otherwise.
+_NODE_CANARY_TIMEOUT = 1.5
+_NODE_CANARY = rf"""
+import json, socket, sys, threading
+targets, port, me = json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+results = {{}}
+def attempt(address):
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    try:
+        s = socket.socket(family)
+    except OSError as exc:
+        results[address] = "failed: " + type(exc).__name__
+        return
+    s.settimeout({_NODE_CANARY_TIMEOUT})
+    try:
+        s.connect((address, port))
+        results[address] = "connected"
+    except OSError as exc:
+        results[address] = "failed: " + type(exc).__name__
+    finally:
+        s.close()
+    try:
+        u = socket.socket(family, socket.SOCK_DGRAM)
+        u.sendto(b"bake-node-canary", (address, port))
+        u.close()
+    except OSError:
+        pass
+own = socket.socket()
+own.bind((me, 0))
+own.listen(1)
+threads = [threading.Thread(target=attempt, args=(a,)) for a in targets]
+for t in threads:
+    t.start()
+control = socket.socket()
+control.settimeout({_NODE_CANARY_TIMEOUT})
+try:
+    control.connect(own.getsockname())
+    control_result = "connected"
+except OSError as exc:
+    control_result = "failed: " + type(exc).__name__
+for t in threads:
+    t.join()
+print(json.dumps({{"targets": results, "control": control_result}}))
+"""
+
+
+class _HostListeners:
+    """TCP and UDP listeners on every address of the host, on one port: the bait."""
+
+    def __init__(self) -> None:
+        self.arrived: list[str] = []
+        self._sockets: list[socket.socket] = []
+        self._stop = threading.Event()
+        tcp4 = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        tcp4.bind(("0.0.0.0", 0))
+        self.port = int(tcp4.getsockname()[1])
+        self._sockets.append(tcp4)
+        for family, kind, address in ((socket.AF_INET6, socket.SOCK_STREAM, "::"),
+                                      (socket.AF_INET, socket.SOCK_DGRAM, "0.0.0.0"),
+                                      (socket.AF_INET6, socket.SOCK_DGRAM, "::")):
+            sock = socket.socket(family, kind)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind((address, self.port))
+            except OSError:
+                sock.close()  # no IPv6 on this host, or the port is taken there
+                continue
+            self._sockets.append(sock)
+        for sock in self._sockets:
+            if sock.type == socket.SOCK_STREAM:
+                sock.listen(16)
+            sock.settimeout(0.2)
+            threading.Thread(target=self._watch, args=(sock,), daemon=True).start()
+
+    def _watch(self, sock: socket.socket) -> None:
+        while not self._stop.is_set():
+            try:
+                if sock.type == socket.SOCK_STREAM:
+                    conn, peer = sock.accept()
+                    conn.close()
+                    self.arrived.append(f"tcp from {peer[0]}")
+                else:
+                    _, peer = sock.recvfrom(512)
+                    self.arrived.append(f"udp from {peer[0]}")
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self._stop.set()
+        for sock in self._sockets:
+            sock.close()
+
+
+def prove_nodes(engine: Engine, image: str, python: str, network: str, gateway: str,
+                canary_address: str, *, owner: str = "") -> Proof:
+    """A canary on a job's network tries the host on every address (and the network's
+    gateway address) over TCP and UDP; nothing may arrive, and the canary must reach
+    its own address on that network (so that its failures are the network's)."""
+    rules = node_rules_present()
+    bait = _HostListeners()
+    targets = [gateway, *host_addresses()]
+    try:
+        output = _canary_output(engine, image, "node canary", {
+            "Cmd": [python, "-c", _NODE_CANARY, json.dumps(targets), str(bait.port),
+                    canary_address],
+            # The owner label lets a later run sweep it if this bake is killed.
+            "Labels": {"bake.canary": "nodes", OWNER_LABEL: owner},
+            "HostConfig": {"NetworkMode": network, "CapDrop": ["ALL"], "Dns": [NODE_DNS],
+                           "SecurityOpt": ["no-new-privileges"], "ReadonlyRootfs": True},
+            "NetworkingConfig": {"EndpointsConfig": {
+                network: {"IPAMConfig": {"IPv4Address": canary_address}}}},
+        })
+    finally:
+        bait.close()
+    if isinstance(output, Proof):
+        return output
+    try:
+        checks = json.loads(output.decode().strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return Proof(False, "the node canary printed nothing readable")
+    checks["arrived"] = bait.arrived
+    checks["node_rules"] = rules
+    reached = sorted(a for a, r in checks.get("targets", {}).items() if not r.startswith("failed"))
+    why = []
+    if bait.arrived or reached:
+        why.append("a node reached the host (" + ", ".join(reached + bait.arrived) + ")")
+    if checks.get("control") != "connected":
+        why.append(f"the canary could not reach its own address ({checks.get('control')})")
+    if not rules:
+        why.append("bake's firewall rules for job networks are not installed")
+    if why:
+        return Proof(False, "; ".join(why), checks)
+    return Proof(True, f"no address of the host answers a node ({len(targets)} tried)", checks)
+
+
+def prove_nodes_recent(engine: Engine, image: str, python: str, network: str, gateway: str,
+                       canary_address: str, *, owner: str, network_options: str) -> Proof:
+    """:func:`prove_nodes`, or a positive proof made under the very same rules and network
+    options less than :data:`PROOF_TTL` ago (a canary costs about two seconds: a
+    container start, and attempts on addresses no one holds, which time out)."""
+    record = state_dir() / "nodes-proof.json"
+    fingerprint = _node_fingerprint(network_options)
+    if fingerprint is not None:
+        try:
+            kept = json.loads(record.read_text())
+            if (kept.get("fingerprint") == fingerprint
+                    and 0 <= time.time() - float(kept["at"]) < PROOF_TTL):
+                return Proof(True, str(kept["detail"]), dict(kept.get("checks", {}), cached=True))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    proof = prove_nodes(engine, image, python, network, gateway, canary_address, owner=owner)
+    if proof.enforced and fingerprint is not None:
+        record.write_text(json.dumps({"fingerprint": fingerprint, "at": time.time(),
+                                      "detail": proof.detail, "checks": proof.checks}))
+    else:
+        record.unlink(missing_ok=True)
+    return proof

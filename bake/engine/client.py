@@ -418,6 +418,30 @@ class Engine:
             "--bridge=none?",
         )
 
+    def networks(self, *, label: str | None = None) -> list[dict[str, Any]]:
+        query = "?" + urlencode({"filters": json.dumps({"label": [label]})}) if label else ""
+        status, data = self._call("GET", f"/networks{query}")
+        if status != 200 or not isinstance(data, list):
+            raise self._fail("list networks", status, data)
+        return data
+
+    def create_network(self, config: Mapping[str, Any]) -> str:
+        """``POST /networks/create``; the engine refuses an overlapping subnet (HTTP 403)."""
+        status, data = self._call("POST", "/networks/create", body=dict(config))
+        if status != 201 or not isinstance(data, dict):
+            raise self._fail(f"create network {config.get('Name')}", status, data)
+        return str(data["Id"])
+
+    def remove_network(self, ident: str) -> bool:
+        """False when the engine has no such network (yet); refused (HTTP 403) while a
+        container is still attached."""
+        status, data = self._call("DELETE", f"/networks/{quote(ident, safe='')}")
+        if status == 404:
+            return False
+        if status not in (204, 200):
+            raise self._fail(f"remove network {ident[:24]}", status, data)
+        return True
+
     # -- containers -----------------------------------------------------------------------------
 
     def create_container(self, name: str, config: Mapping[str, Any]) -> str:

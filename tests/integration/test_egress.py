@@ -12,6 +12,7 @@ import json
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -153,7 +154,9 @@ def test_setup_code_cannot_get_out(host: Host, job: Callable[..., Path], locked:
 def test_require_refuses_an_unconfined_host(host: Host, job: Callable[..., Path],
                                             locked: None) -> None:
     host.egress["enforce"] = "require"
-    spec = job("[python]\nrequirements = [\"six==1.16.0\"]\n[job]\ncommand = [\"true\"]\n")
+    # A command of its own: an image of the same key left by another run would be a hit.
+    spec = job("[python]\nrequirements = [\"six==1.16.0\"]\n[job]\n"
+               f"command = [\"true\", \"{uuid.uuid4().hex}\"]\n")
     lockdown.unlock()
     try:
         proc = host.bake("build", str(spec))

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from bake.outbox import collect
 from bake.resolve import resolve
 from bake.runner import (
     NOBODY,
     RunPlan,
     RunResult,
-    collect_output,
     container_config,
     job_user,
     run_job,
@@ -75,8 +75,11 @@ def test_container_is_hardened() -> None:
     assert host["PidsLimit"] == 100 and host["Memory"] == 1 << 30
     assert host["MemorySwap"] == 1 << 30 and host["NanoCpus"] == 1_500_000_000
     assert host["IpcMode"] == "private"
-    # Only the job's own variables: the Engine API adds none of the client's (no proxies).
-    assert config["Env"] == ["A=1"] and host["Binds"] == []
+    # Only the job's own variables and the node conventions (one node: rank 0 of 1): the
+    # Engine API adds none of the client's (no proxies).
+    assert config["Env"] == ["A=1", "MASTER_ADDR=node-0", "MASTER_PORT=29500", "NNODES=1",
+                             "NODE_RANK=0", "WORLD_SIZE=1", "RANK=0", "LOCAL_RANK=0"]
+    assert host["Binds"] == []
     assert "Privileged" not in host and "Devices" not in host
 
 
@@ -124,7 +127,7 @@ def hostile_output(tmp_path: Path) -> Path:
 def test_output_collection_copies_files_and_never_follows_links(hostile_output: Path,
                                                                 tmp_path: Path) -> None:
     dest = tmp_path / "dest"
-    skipped = collect_output(hostile_output, dest)
+    skipped = collect(hostile_output, dest, 1 << 20).skipped
     assert (dest / "result.txt").read_text() == "ok\n"
     assert (dest / "sub" / "deep.txt").read_text() == "deep\n"
     assert sorted(skipped) == ["etc", "loop", "passwd", "pipe", "sub/up"]
@@ -143,7 +146,7 @@ def test_output_collection_does_not_write_through_links_in_the_destination(
     dest.mkdir()
     (dest / "sub").symlink_to(elsewhere)  # the job's sub/ must not land in elsewhere/
     (dest / "result.txt").symlink_to(elsewhere / "planted.txt")
-    skipped = collect_output(hostile_output, dest)
+    skipped = collect(hostile_output, dest, 1 << 20).skipped
     assert list(elsewhere.iterdir()) == []
     assert "sub" in skipped
     assert not (dest / "result.txt").is_symlink() and (dest / "result.txt").read_text() == "ok\n"
@@ -173,6 +176,12 @@ class _Engine:
             return False
         self.made.remove(name)
         return True
+
+    def containers(self, *, label: str | None = None) -> list[object]:
+        return []  # nothing to sweep
+
+    def networks(self, *, label: str | None = None) -> list[object]:
+        return []
 
 
 def test_a_container_whose_create_was_interrupted_is_still_removed() -> None:

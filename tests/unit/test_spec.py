@@ -234,6 +234,14 @@ BAD: list[tuple[str, str, str, Setup | None]] = [
     ("timeout-huge-digits", spec(run=f"timeout = {q('9' * 5000 + 's')}"), "run.timeout", None),
     ("shm-words", spec(run='shm = "big"'), "run.shm", None),
     ("tmp-zero", spec(run='tmp = "0"'), "run.tmp", None),
+    ("nodes-zero", spec(run="nodes = 0"), "run.nodes", None),
+    ("nodes-too-many", spec(run="nodes = 17"), "run.nodes", None),
+    ("nodes-bool", spec(run="nodes = true"), "run.nodes", None),
+    ("nodes-string", spec(run='nodes = "2"'), "run.nodes", None),
+    ("nodes-float", spec(run="nodes = 2.0"), "run.nodes", None),
+    ("output-words", spec(run='output = "plenty"'), "run.output", None),
+    ("output-tiny", spec(run='output = "1k"'), "run.output", None),
+    ("output-negative", spec(run="output = -1"), "run.output", None),
     # -- unknown keys, with a close match when there is one
     ("unknown-top", spec(top='templte = "python"'), "templte", None),
     ("unknown-job", spec(job='comand = ["python"]\ncommand = ["x"]'), "job.comand", None),
@@ -368,9 +376,12 @@ cpus = 2
 pids = 512
 gpus = ""
 timeout = "2h"
+output = "1g"
+nodes = 1
 """, None, lambda s: (s.models[0].include == ("*.json", "*.safetensors", "*.txt")
                       and s.datasets[0].repo == "stanfordnlp/sst2"
                       and s.run.memory == 8 << 30 and s.run.timeout == 7200
+                      and s.run.output == 1 << 30 and s.run.nodes == 1
                       and s.env == (("BATCH", "32"),))),
     ("requirement-forms", reqs("Six == 1.16.0", "numpy[extra]>=1.0,<3",
                                'idna; python_version >= "3.8" and os_name != "nt"',
@@ -392,6 +403,10 @@ timeout = "2h"
      None, lambda s: (s.run.memory == int(1.5 * (1 << 30)) and s.run.shm == 64 << 20
                       and s.run.tmp == 256 << 20 and s.run.timeout == 5400
                       and s.run.cpus == 0.5 and s.run.gpus == "device=0,1")),
+    ("nodes-and-output", spec(run='nodes = 16\noutput = "20m"'), None,
+     lambda s: s.run.nodes == 16 and s.run.output == 20 << 20),
+    ("nodes-and-output-defaults", spec(), None,
+     lambda s: s.run.nodes == 1 and s.run.output == 1 << 30),
     ("base-forms", spec(top='base = "registry.example.com:5000/team/py:3.11@sha256:'
                             + "a" * 64 + '"'), None, lambda s: s.base is not None),
     ("hub-revision-forms", model("org/name", "refs/pr/1"), None,
