@@ -143,11 +143,37 @@ def key(
     spec: SpecArg,
     explain: Annotated[bool, typer.Option("--explain", help="Print the manifest too.")] = False,
 ) -> None:
-    """Print the image key of SPEC (and, with --explain, the manifest it hashes)."""
-    image_key = pipeline.key(spec, settings=_settings())
-    print(image_key.digest)
+    """Print the image key of SPEC (and, with --explain, the declared inputs, the lock and
+    the manifest it hashes)."""
+    with console.ConsoleReporter() as reporter:
+        if explain:
+            doc = pipeline.explain_key(spec, settings=_settings(), reporter=reporter)
+        else:
+            doc = {"key": pipeline.key(spec, settings=_settings(), reporter=reporter).digest}
+    print(doc["key"])
     if explain:
-        print(jsonlib.dumps(image_key.manifest, indent=2, sort_keys=True))
+        print(jsonlib.dumps({k: v for k, v in doc.items() if k != "key"}, indent=2,
+                            sort_keys=True))
+
+
+@app.command()
+def lock(
+    spec: SpecArg,
+    upgrade: Annotated[bool, typer.Option("--upgrade", help="Resolve again, even within "
+                                          "build.resolve_ttl.")] = False,
+    json: JsonOpt = False,
+) -> None:
+    """Lock every outside input of SPEC and write bake.lock beside it."""
+    with console.ConsoleReporter() as reporter:
+        result = pipeline.lock(spec, upgrade=upgrade, settings=_settings(), reporter=reporter)
+    if json:
+        console.json_line({"lock": str(result.path), "locked": result.digest,
+                           "key": result.key.digest, "changed": result.changed})
+    else:
+        what = (f"{len(result.lock.distributions)} distribution(s), "
+                f"{len(result.lock.repos)} Hub repo(s)")
+        console.done(f"{'wrote' if result.changed else 'unchanged:'} {result.path} ({what}, "
+                     f"{result.digest[:19]})")
 
 
 @app.command()

@@ -14,6 +14,8 @@ exit code (DESIGN.md "CLI").  Context travels as attributes, not only text::
     ├── EngineError (1)           the Docker Engine or CLI is missing or failing
     ├── RegistryError (1)         the image registry refused or failed
     ├── EgressError (1)           the egress proxy could not start or died
+    ├── UnreachableError (1)      the package index or the Hub did not answer (``what``)
+    ├── NotLocked (1)             no fresh lock, and no resolver to ask (the fast path's "no")
     ├── RunError (125)            bake failed before the job started
     └── Interrupted (130/143)     SIGINT / SIGTERM
 
@@ -30,11 +32,13 @@ __all__ = [
     "EngineError",
     "HubError",
     "Interrupted",
+    "NotLocked",
     "RegistryError",
     "RunError",
     "SetupError",
     "SetupTimeout",
     "SpecError",
+    "UnreachableError",
     "UsageError",
 ]
 
@@ -154,6 +158,29 @@ class RegistryError(BakeError):
 
 class EgressError(BakeError):
     """The egress proxy could not start, or stopped while a setup needed it."""
+
+
+class UnreachableError(BakeError):
+    """The package index or the Hub did not answer; ``what`` names it (a URL).
+
+    ``unreachable`` is true, as on an :class:`EngineError` or :class:`RegistryError` whose
+    server did not answer: the resolver cache lets an old resolution stand in for a failure
+    with ``unreachable`` set (stale-if-error), and for no other.
+    """
+
+    unreachable = True
+
+    def __init__(self, message: str, *, what: str, hint: str | None = None) -> None:
+        self.what = what
+        super().__init__(message, hint=hint)
+
+
+class NotLocked(BakeError):
+    """The lock stage needs a resolution and was given no resolver to ask.
+
+    Only the fast path asks so (it makes no network request): it then hands over to the
+    full CLI, so no person sees this one.
+    """
 
 
 class RunError(BakeError):

@@ -88,7 +88,7 @@ def try_hit(argv: list[str], *, environ: dict[str, str] | None = None) -> int | 
         return None
     record_use(found.key)
     result = BuildResult(found.image, found.key, round(time.monotonic() - started, 3),
-                         cached=True)
+                         cached=True, locked=found.locked)
     if parsed.json:
         sys.stdout.write(json.dumps(result.to_json(), sort_keys=True) + "\n")
     else:

@@ -9,6 +9,9 @@ bake's own errors, when the fetch could not succeed:
 - :func:`list_matching_files`: the files a fetch of (repo, commit, include, exclude) would get,
   with the same pattern rules as ``snapshot_download``; an include pattern that matches nothing
   is an error here rather than a silently empty layer later.
+- :func:`lock_repo`: (commit, every selected file's path, size and digest) in one request, the
+  repo info with ``files_metadata=True``: the commit and each file's size, git blob id and, for
+  Git LFS files, sha256, all of one commit.
 
 The token is the seller's ``HF_TOKEN``, passed in by the caller.  It never appears in a message:
 every message here is built by bake, and when a token was sent the client's exception (whose
@@ -21,14 +24,22 @@ import difflib
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from bake.errors import BakeError, HubError
+from bake.errors import BakeError, HubError, UnreachableError
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
 
-__all__ = ["Kind", "is_commit", "list_matching_files", "resolve_revision"]
+__all__ = [
+    "HubFile",
+    "Kind",
+    "RepoSnapshot",
+    "is_commit",
+    "list_matching_files",
+    "lock_repo",
+    "resolve_revision",
+]
 
 Kind = Literal["model", "dataset"]
 T = TypeVar("T")
@@ -67,6 +78,61 @@ def resolve_revision(
     return _repo_info(ctx, timeout)
 
 
+@dataclass(frozen=True)
+class HubFile:
+    """A file of a repo at a commit: ``sha256`` for Git LFS files, else None (``blob_id``, the
+    git blob id, is then the digest of its bytes)."""
+
+    path: str
+    size: int
+    blob_id: str
+    sha256: str | None
+
+
+@dataclass(frozen=True)
+class RepoSnapshot:
+    commit: str
+    files: tuple[HubFile, ...]  # the selected files, sorted by path
+
+
+def lock_repo(
+    kind: Kind,
+    repo: str,
+    revision: str,
+    include: Sequence[str],
+    exclude: Sequence[str],
+    *,
+    endpoint: str | None,
+    token: str | None,
+    timeout: float = 20,
+) -> RepoSnapshot:
+    """The commit ``revision`` names now and every file a fetch with these patterns gets.
+
+    One request (two for a gated repo, whose access only a file request proves).  Errors as
+    :func:`list_matching_files`; :class:`~bake.errors.UnreachableError` when the Hub cannot be
+    reached.
+    """
+    ctx = _Context(kind, repo, revision, endpoint, token or None)
+    info = _info(ctx, timeout, files_metadata=True)
+    commit = ctx.commit
+    ctx.revision = commit
+    files: dict[str, HubFile] = {}
+    for sibling in info.siblings or []:
+        if sibling.size is None or not sibling.blob_id:
+            raise BakeError(
+                f"the Hub at {ctx.where} gave no size or blob id for '{sibling.rfilename}' of "
+                f"{kind} repo '{repo}'",
+                hint=_UNREACHABLE_HINT,
+            )
+        lfs = sibling.lfs
+        files[sibling.rfilename] = HubFile(
+            sibling.rfilename, int(sibling.size), sibling.blob_id,
+            lfs.sha256 if lfs is not None else None,
+        )
+    chosen = _select(ctx, sorted(files), include, exclude, timeout)
+    return RepoSnapshot(commit, tuple(files[p] for p in chosen))
+
+
 def list_matching_files(
     kind: Kind,
     repo: str,
@@ -83,15 +149,23 @@ def list_matching_files(
     Empty ``include`` means every file.  Raises :class:`HubError` when an include pattern matches
     no file, when the patterns leave nothing, or when the repo, commit or access is missing.
     """
-    # Public (documented, in utils' lazy __all__), but not re-exported in a way mypy sees.
-    from huggingface_hub.utils import filter_repo_objects  # type: ignore[attr-defined]  # noqa: PLC0415
-
     ctx = _Context(kind, repo, commit, endpoint, token or None)
     # The info call first: it has a timeout and no retries, so an unreachable Hub or a missing
     # repo fails in a second, where the tree listing would retry for half a minute.
     _repo_info(ctx, timeout)
     paths = sorted(_call(ctx, lambda: _list_files(ctx)))
-    where = f"{kind} repo '{repo}' at {commit[:12]}"
+    return _select(ctx, paths, include, exclude, timeout)
+
+
+def _select(ctx: _Context, paths: list[str], include: Sequence[str], exclude: Sequence[str],
+            timeout: float) -> list[str]:
+    """The paths the patterns select (snapshot_download's own filter); errors for a pattern that
+    matches nothing, for nothing left, and for a gated repo the token cannot read."""
+    # Public (documented, in utils' lazy __all__), but not re-exported in a way mypy sees.
+    from huggingface_hub.utils import filter_repo_objects  # type: ignore[attr-defined]  # noqa: PLC0415
+
+    kind, repo = ctx.kind, ctx.repo
+    where = f"{kind} repo '{repo}' at {ctx.revision[:12]}"
     if not paths:
         raise HubError(f"{where} has no files", repo=repo)
     for pattern in include:
@@ -132,6 +206,7 @@ class _Context:
     endpoint: str | None
     token: str | None
     gated: bool = False
+    commit: str = ""
 
     def api(self) -> HfApi:
         from huggingface_hub import HfApi  # noqa: PLC0415
@@ -150,10 +225,16 @@ class _Context:
 
 
 def _repo_info(ctx: _Context, timeout: float) -> str:
+    _info(ctx, timeout, files_metadata=False)
+    return ctx.commit
+
+
+def _info(ctx: _Context, timeout: float, *, files_metadata: bool) -> Any:
     api = ctx.api()
     info = _call(
         ctx,
-        lambda: api.repo_info(ctx.repo, repo_type=ctx.kind, revision=ctx.revision, timeout=timeout),
+        lambda: api.repo_info(ctx.repo, repo_type=ctx.kind, revision=ctx.revision,
+                              timeout=timeout, files_metadata=files_metadata),
     )
     ctx.gated = bool(getattr(info, "gated", False))
     if ctx.gated and not ctx.token:
@@ -170,7 +251,8 @@ def _repo_info(ctx: _Context, timeout: float) -> str:
             f"revision '{ctx.revision}'",
             hint=_UNREACHABLE_HINT,
         )
-    return sha
+    ctx.commit = sha
+    return info
 
 
 def _list_files(ctx: _Context) -> list[str]:
@@ -256,6 +338,12 @@ def _translate(ctx: _Context, exc: Exception) -> BakeError:
                 repo=repo,
                 hint="set HF_TOKEN in the seller's environment to a token that can read it",
             )
+        if status >= 500 or status == 429:
+            return UnreachableError(
+                f"the Hub at {where} answered HTTP {status} for {kind} repo '{repo}'",
+                what=where,
+                hint=f"try again later, or {_UNREACHABLE_HINT}",
+            )
         return BakeError(
             f"the Hub at {where} answered HTTP {status} for {kind} repo '{repo}'",
             hint=f"try again later, or {_UNREACHABLE_HINT}",
@@ -269,8 +357,9 @@ def _translate(ctx: _Context, exc: Exception) -> BakeError:
         return HubError(f"'{repo}' is not a valid {kind} repo id", repo=repo)
     why = _scrub(str(exc), ctx.token) or type(exc).__name__
     if isinstance(exc, OSError) or _is_transport_error(exc):
-        return BakeError(
-            f"cannot reach the Hugging Face Hub at {where}: {why}", hint=_UNREACHABLE_HINT
+        return UnreachableError(
+            f"cannot reach the Hugging Face Hub at {where}: {why}", what=where,
+            hint=_UNREACHABLE_HINT,
         )
     return BakeError(
         f"the Hub client failed on {kind} repo '{repo}': {type(exc).__name__}: {why}",

@@ -1,17 +1,24 @@
 """The pipeline's first act: which image a job spec names, and whether this engine has it.
 
-    settings -> spec -> resolve (base digest, Hub commits, file digests) -> key -> local hit
+    settings -> spec -> resolve (base digest, file digests) -> lock -> key -> local hit
 
 Every verb of :mod:`bake.pipeline` starts here, and so does the fast path
 (:mod:`bake.fast`), which answers a key hit before the CLI is even imported.
 That is why this act is a module of its own: it loads only what these stages
-need (no jinja2, asyncio, docker CLI driver, registry client or proxy), which
-measured is half of what a key hit may cost; the rest of the story, which
+need (no jinja2, asyncio, packaging, docker CLI driver, registry client or proxy),
+which measured is half of what a key hit may cost; the rest of the story, which
 does need them, stays in :mod:`bake.pipeline`.
+
+The lock stage (:func:`bake.lock.locking.lock_for`) answers from a shipped
+``bake.lock`` or a fresh resolver cache entry; anything else needs the resolvers,
+which only the pipeline has (they run a confined setup step and ask the Hub) and
+passes in.  The fast path passes none: a missing or stale lock is then
+:class:`~bake.errors.NotLocked`, "no fast answer", never a network request.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +26,9 @@ from .cache import hits
 from .cache.key import ImageKey, compute_key
 from .engine import Engine
 from .job import ResolvedJob
-from .resolve import Hub, base_digest, resolve
+from .lock.format import Lock
+from .lock.locking import Locked, Resolvers, lock_for
+from .resolve import base_digest, resolve
 from .settings import Settings
 from .spec import JobSpec, load_spec
 
@@ -28,7 +37,7 @@ __all__ = ["Lookup", "lookup"]
 
 @dataclass(frozen=True)
 class Lookup:
-    """A spec's inputs pinned, its key, and whether its image is on the engine now."""
+    """A spec's inputs pinned and locked, its key, and whether its image is on the engine now."""
 
     settings: Settings
     engine: Engine
@@ -41,6 +50,10 @@ class Lookup:
     def spec(self) -> JobSpec:
         return self.job.spec
 
+    @property
+    def lock(self) -> Lock:
+        return self.job.lock
+
 
 def lookup(
     spec: str | Path | JobSpec,
@@ -48,30 +61,39 @@ def lookup(
     *,
     engine: Engine | None = None,
     pull_base: bool = True,
-    hub: Hub | None = None,
+    resolvers: Resolvers | None = None,
+    upgrade: bool = False,
+    use_shipped: bool = True,
+    warn: Callable[[str], None] = lambda text: None,
 ) -> Lookup:
-    """The first five stages.  ``pull_base=False`` never pulls a base the engine lacks.
+    """The first six stages.  ``pull_base=False`` never pulls a base the engine lacks.
+    ``resolvers=None`` answers only from a shipped ``bake.lock`` or a fresh resolver cache
+    (else :class:`~bake.errors.NotLocked`); ``upgrade`` (``bake lock --upgrade``) resolves
+    again, and ``use_shipped=False`` (``bake lock``) leaves a shipped ``bake.lock`` aside.
 
     A lookup of a spec on disk is remembered (:mod:`bake.cache.hits`), so that the
-    fast path can answer the next hit without redoing it.
+    fast path can answer the next hit without redoing it, until the lock's freshness ends.
     """
     engine = engine or Engine.from_settings(settings)
     job_spec = spec if isinstance(spec, JobSpec) else load_spec(spec)
-    job = resolve(job_spec, settings,
-                  base_lookup=lambda ref: base_digest(engine, ref, pull=pull_base), hub=hub)
+    pinned = resolve(job_spec, settings,
+                     base_lookup=lambda ref: base_digest(engine, ref, pull=pull_base))
+    locked = lock_for(pinned, settings, resolvers=resolvers, upgrade=upgrade,
+                      use_shipped=use_shipped, warn=warn)
+    job = pinned.locked(locked.lock)
     image_key = compute_key(job)
     image = image_key.image(settings.image_repository)
     found = Lookup(settings, engine, job, image_key, image, engine.has_image(image))
-    if not isinstance(spec, JobSpec):
-        _remember(found, hits.spec_file(str(spec)))
+    if not isinstance(spec, JobSpec) and use_shipped and not upgrade and not locked.stale:
+        _remember(found, locked, hits.spec_file(str(spec)))
     return found
 
 
-def _remember(found: Lookup, spec_file: Path) -> None:
-    """Write down what this lookup read, for the fast path's next answer."""
+def _remember(found: Lookup, locked: Locked, spec_file: Path) -> None:
+    """Write down what this lookup read, for the fast path's next answer: the lock's
+    sources among the inputs, and an expiry when its resolutions stop being fresh (an
+    answer from an outage's stale resolution is not written down at all)."""
     job, settings = found.job, found.settings
-    if job.hub_repos:
-        return  # a branch is pinned at every lookup: no answer may outlive it
     base = found.engine.inspect_image(job.base_ref)
     if base is None:
         return
@@ -80,5 +102,6 @@ def _remember(found: Lookup, spec_file: Path) -> None:
         key=found.key.digest, image=found.image, engine=found.engine.address,
         base_ref=job.base_ref, base_info=base,
         inputs=(*job.spec.inputs, *job.template.inputs, *settings.probed,
-                *settings.env.inputs, *hits.code_inputs()),
+                *settings.env.inputs, *locked.inputs, *hits.code_inputs()),
+        expires=locked.fresh_until, locked=job.lock.digest(),
     )

@@ -7,13 +7,21 @@ Each verb, read top to bottom, is one job's way through the stages::
                 BuildKit, self-check, tag <repo>:<key> -> push
     run      build (or take a baked image by name) -> runner
     key      lookup
+    lock     lookup (the shipped bake.lock aside; --upgrade: resolve again) -> bake.lock
     render   lookup -> the planned build context, written out
     pull     lookup -> key lock -> registry fetch
     push     lookup -> registry push
     prebake  per variant: lookup -> in the registry or here? -> build
 
-:func:`bake.lookup.lookup` is the first act (settings, spec, resolve, key,
-local hit), shared with the fast path.  :func:`plan_job` is pure: everything a
+:func:`bake.lookup.lookup` is the first act (settings, spec, resolve, lock, key,
+local hit), shared with the fast path.  Its lock stage asks the resolvers this
+module passes in (:func:`_resolvers`) only when neither a shipped ``bake.lock`` nor
+a fresh resolver cache entry answers: the requirements are resolved by
+:func:`resolve_requirements`, a setup step of its own planned like a build
+(:func:`plan_resolve` -> :class:`ResolvePlan`, pure) and run in its own setup
+window (proof of confinement, a proxy of its own, ``docker build --output
+type=local``, closed after); the Hub repos by the Hub client
+(:func:`bake.lock.locking.hub_locker`).  :func:`plan_job` is pure: everything a
 build will do -- the rendered context, labels, secrets, the egress policy, the
 cache sources, the self-check, the docker argv -- is one :class:`JobPlan`, and
 every check that can fail on configuration fails there, before a lock is
@@ -25,18 +33,20 @@ called from here and never call back.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 from urllib.parse import urlsplit
 
 from .builder.buildkit import BuildPlan, DockerCLI, find_cli, plan_build, run_build
 from .builder.render import BuildContext, render
-from .cache.key import ImageKey, compute_key
+from .cache.key import ImageKey, compute_key, explain
 from .cache.registry import Registry
 from .cache.store import key_lock, record_use
 from .egress import lockdown
@@ -52,9 +62,14 @@ from .errors import (
     Interrupted,
     RegistryError,
     RunError,
+    SetupError,
+    UnreachableError,
     UsageError,
 )
 from .job import ResolvedJob
+from .lock.format import DEFAULT_INDEX, LOCK_NAME, Lock, PythonLock, PythonRequest, write_lock
+from .lock.locking import Resolvers, hub_locker, lock_path
+from .lock.python import read_result, resolve_context
 from .lookup import Lookup, lookup
 from .prebake import Outcome, twin_job, variant_spec
 from .runner import RunResult, image_job, run_job, self_check, spec_job
@@ -66,16 +81,24 @@ from .types import BuildResult, NullReporter, Reporter
 
 __all__ = [
     "JobPlan",
+    "LockResult",
+    "ResolvePlan",
     "Secret",
     "build",
     "execute",
+    "execute_resolve",
+    "explain_key",
     "key",
+    "lock",
     "plan_job",
+    "plan_resolve",
     "prebake",
     "pull",
     "push",
     "render_to",
+    "resolve_requirements",
     "run",
+    "step_index_url",
     "step_pip_config",
 ]
 
@@ -124,23 +147,12 @@ class JobPlan:
 
     def pip_config(self, proxy_url: str | None) -> str:
         """The steps' pip config once the proxy listens at ``proxy_url``.  Pure."""
-        relay_url = (proxy_url.rstrip("/") + INDEX_PATH
-                     if self.relay is not None and proxy_url is not None else None)
-        ca = any(s.name == "bake_ca" for s in self.secrets)
-        return step_pip_config(relay_url, ca_bundle=ca)
+        return _late_texts(self.relay, proxy_url, self.secrets)["bake_pip"]
 
     def write(self, work: Path, *, proxy_url: str | None) -> None:
         """Write the build context and the secrets into the build's private folder."""
-        self.context.write(work / "context")
-        folder = work / "secrets"
-        folder.mkdir(mode=0o700)
-        for secret in self.secrets:
-            text = self.pip_config(proxy_url) if secret.name == "bake_pip" else secret.text
-            if text is None:
-                continue
-            fd = os.open(folder / secret.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
+        _write_work(work, self.context, self.secrets,
+                    _late_texts(self.relay, proxy_url, self.secrets))
 
     def build_plan(self, work: Path, *, proxy_url: str | None,
                    cache_from: Sequence[str]) -> BuildPlan:
@@ -162,6 +174,22 @@ class JobPlan:
         )
 
 
+def _write_work(work: Path, context: BuildContext, secrets: Sequence[Secret],
+                late: Mapping[str, str]) -> None:
+    """The build context and the secrets, into a build's private folder; ``late``: the
+    texts of the secrets that name the proxy (:func:`_late_texts`)."""
+    context.write(work / "context")
+    folder = work / "secrets"
+    folder.mkdir(mode=0o700)
+    for secret in secrets:
+        text = late.get(secret.name, secret.text)
+        if text is None:
+            continue
+        fd = os.open(folder / secret.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+
+
 def plan_job(found: Lookup, *, cli: DockerCLI, gateway: str | None,
              no_cache: bool = False) -> JobPlan:
     """The plan of one build.  Pure: ``cli`` (:func:`find_cli`) and ``gateway`` (the
@@ -173,11 +201,9 @@ def plan_job(found: Lookup, *, cli: DockerCLI, gateway: str | None,
         if gateway is None:
             raise ValueError("a build that reaches the network needs the bridge's gateway")
         policy = cfg.egress_policy.with_own_addresses([gateway])
-    relay = None
-    if cfg.build.pip_index_url:
-        relay = IndexRelay.from_url(cfg.build.pip_index_url, ca_bundle=cfg.build.ca_bundle)
-        if policy is not None:
-            relay.check_allowed(policy)
+    relay = _relay(cfg, policy)
+    if policy is not None:
+        _check_lock_egress(cfg, job.lock, relay)
     twin = twin_job(job)
     cache = () if no_cache or twin is None else (
         compute_key(twin).image(cfg.image_repository),)
@@ -185,10 +211,11 @@ def plan_job(found: Lookup, *, cli: DockerCLI, gateway: str | None,
         key=found.key,
         image=found.image,
         job=job,
-        context=_context(job, cfg),
+        context=_context(job, cfg, relay),
         labels={
             "bake.key": found.key.digest,
             "bake.manifest": found.key.label(),
+            "bake.locked": job.lock.digest(),
             "bake.template": job.template.name,
             "org.opencontainers.image.title": job.spec.name or job.template.name,
             "org.opencontainers.image.base.name": job.base_ref,
@@ -207,8 +234,20 @@ def plan_job(found: Lookup, *, cli: DockerCLI, gateway: str | None,
     )
 
 
-def _context(job: ResolvedJob, cfg: Settings) -> BuildContext:
-    return render(job, ca_bundle=bool(cfg.build.ca_bundle), hub_token=bool(cfg.env.hf_token))
+def _context(job: ResolvedJob, cfg: Settings, relay: IndexRelay | None) -> BuildContext:
+    return render(job, ca_bundle=bool(cfg.build.ca_bundle), hub_token=bool(cfg.env.hf_token),
+                  relay_path=relay.relay_path if relay is not None else None)
+
+
+def _relay(cfg: Settings, policy: EgressPolicy | None) -> IndexRelay | None:
+    """The seller's index as the proxy relays it (``build.pip_index_url``), checked against
+    the egress settings; ``None``: the public index, reached through CONNECT."""
+    if not cfg.build.pip_index_url:
+        return None
+    relay = IndexRelay.from_url(cfg.build.pip_index_url, ca_bundle=cfg.build.ca_bundle)
+    if policy is not None:
+        relay.check_allowed(policy)
+    return relay
 
 
 def step_pip_config(relay_index_url: str | None, *, ca_bundle: bool) -> str:
@@ -227,13 +266,31 @@ def step_pip_config(relay_index_url: str | None, *, ca_bundle: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
+def step_index_url(relay: IndexRelay | None, proxy_url: str | None) -> str:
+    """The index a step's uv asks: the proxy's relay of the seller's index (no credentials,
+    no trace of the upstream URL), else the public index.  Pure."""
+    if relay is not None and proxy_url is not None:
+        return proxy_url.rstrip("/") + INDEX_PATH
+    return DEFAULT_INDEX
+
+
+def _late_texts(relay: IndexRelay | None, proxy_url: str | None,
+                secrets: Sequence[Secret]) -> dict[str, str]:
+    """The secrets that name the proxy, written once it listens: the steps' pip config
+    (``bake_pip``) and the index a step's uv asks (``bake_index``)."""
+    relay_url = step_index_url(relay, proxy_url) if relay is not None and proxy_url else None
+    ca = any(s.name == "bake_ca" for s in secrets)
+    return {"bake_pip": step_pip_config(relay_url, ca_bundle=ca),
+            "bake_index": step_index_url(relay, proxy_url)}
+
+
 def _secrets(cfg: Settings, job: ResolvedJob) -> tuple[Secret, ...]:
     """Seller settings for the steps, as BuildKit secrets: in no layer, no history.
 
-    ``bake_pip`` (the steps' pip config) is written once the proxy listens: it names
-    the proxy's relay of the seller's index (:meth:`JobPlan.pip_config`).
+    ``bake_pip`` (the steps' pip config) and ``bake_index`` are written once the proxy
+    listens: they name the proxy's relay of the seller's index (:func:`_late_texts`).
     """
-    secrets = [Secret("bake_pip")]
+    secrets = [Secret("bake_pip"), Secret("bake_index")]
     if cfg.build.ca_bundle:
         secrets.append(Secret("bake_ca", path=Path(cfg.build.ca_bundle)))
     if job.hub_repos:
@@ -251,19 +308,198 @@ def _check_hub_egress(cfg: Settings, endpoint: str) -> None:
     Without this the proxy's 403 surfaces minutes later, inside a fetch step, as
     "the Hub answered HTTP 403" (the client cannot tell the proxy from the Hub).
     """
-    parts = urlsplit(endpoint)
-    if parts.scheme == "http":
-        allowed = cfg.egress_policy.check_http(f"{parts.scheme}://{parts.netloc}/").allowed
-        where = f'egress.allow_http (as "{parts.scheme}://{parts.netloc}")'
-    else:
-        allowed = cfg.egress_policy.check_connect(f"{parts.hostname}:{parts.port or 443}").allowed
-        where = f'egress.allow (as "{parts.hostname}")'
-    if not allowed:
+    where = _egress_refusal(cfg, endpoint)
+    if where:
         raise ConfigError(
             f"the job fetches from the Hub at {endpoint}, which the egress settings do not allow",
             field="build.hf_endpoint",
             hint=f"add it to {where}, or point build.hf_endpoint at an allowed mirror",
         )
+
+
+def _check_lock_egress(cfg: Settings, lock: Lock, relay: IndexRelay | None) -> None:
+    """Refuse a build whose locked files live where setup steps may not go (a ``bake.lock``
+    made against another index): the install step would fail on the proxy's 403.  Files on
+    the seller's index come through the relay, which is checked with it."""
+    for dist in lock.distributions:
+        if relay is not None and relay.relay_path(dist.url) is not None:
+            continue
+        where = _egress_refusal(cfg, dist.url)
+        if where:
+            parts = urlsplit(dist.url)
+            raise ConfigError(
+                f"{LOCK_NAME} locks {dist.file} at {parts.scheme}://{parts.netloc}, which the "
+                "egress settings do not allow",
+                field="egress.allow",
+                hint=f"add it to {where}, or lock the job again against this host's index "
+                "(bake lock SPEC)",
+            )
+
+
+def _egress_refusal(cfg: Settings, url: str) -> str | None:
+    """None when setup steps may reach ``url`` through the proxy; else the setting to add."""
+    parts = urlsplit(url)
+    if parts.scheme == "http":
+        if cfg.egress_policy.check_http(f"{parts.scheme}://{parts.netloc}/").allowed:
+            return None
+        return f'egress.allow_http (as "{parts.scheme}://{parts.netloc}")'
+    if cfg.egress_policy.check_connect(f"{parts.hostname}:{parts.port or 443}").allowed:
+        return None
+    return f'egress.allow (as "{parts.hostname}")'
+
+
+# --- the resolve step: plan, then execute ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResolvePlan:
+    """Everything one resolution will do: a setup step of its own that leaves no image."""
+
+    request: PythonRequest
+    context: BuildContext
+    secrets: tuple[Secret, ...]
+    policy: EgressPolicy | None
+    relay: IndexRelay | None
+    enforce: bool
+    setup_timeout: float
+    cli: DockerCLI
+    engine_env: Mapping[str, str]
+
+    def write(self, work: Path, *, proxy_url: str | None) -> None:
+        _write_work(work, self.context, self.secrets,
+                    _late_texts(self.relay, proxy_url, self.secrets))
+
+    def build_plan(self, work: Path, *, proxy_url: str | None) -> BuildPlan:
+        """The exact docker argv: the last stage's files go to ``work/out``, no image."""
+        return plan_build(
+            self.cli,
+            work / "context",
+            iidfile=work / "iid",
+            labels={},
+            proxy_url=proxy_url,
+            no_network=self.policy is None,
+            secrets={s.name: s.path if s.path is not None else work / "secrets" / s.name
+                     for s in self.secrets},
+            engine_env=self.engine_env,
+            output=work / "out",
+        )
+
+    def upstream_url(self, url: str, proxy_url: str | None) -> str:
+        """A file URL from the resolution as the lock keeps it: a relay URL (this build's
+        proxy port) back to the seller's index, without its credentials.  Pure."""
+        if self.relay is None or proxy_url is None or not url.startswith(proxy_url.rstrip("/")):
+            return url
+        upstream = self.relay.upstream_path(url[len(proxy_url.rstrip("/")):])
+        return url if upstream is None else self.relay.origin + upstream
+
+
+def plan_resolve(request: PythonRequest, cfg: Settings, *, cli: DockerCLI, gateway: str | None,
+                 engine_env: Mapping[str, str], nonce: str) -> ResolvePlan:
+    """The plan of one resolution.  Pure (``nonce`` makes each resolution a new BuildKit
+    step: its cache would otherwise answer the same requirements with the same old lock).
+
+    Mounted in the step that resolves (where an sdist's metadata build, buyer code, may
+    run): the index URL -- the proxy's relay of the seller's index, which adds any
+    credentials itself, else the public index -- and the CA bundle.  The tool stage,
+    which sees no buyer input, gets the steps' pip config.
+    """
+    policy = None
+    relay = None
+    if not cfg.no_network:
+        if gateway is None:
+            raise ValueError("a resolution that reaches the network needs the bridge's gateway")
+        policy = cfg.egress_policy.with_own_addresses([gateway])
+        relay = _relay(cfg, policy)
+        where = None if relay is not None else _egress_refusal(cfg, request.index_url)
+        if where:
+            raise ConfigError(
+                f"the job's requirements resolve against {request.index_url}, which the egress "
+                "settings do not allow",
+                field="build.pip_index_url",
+                hint=f"add it to {where}, or point build.pip_index_url at an allowed mirror",
+            )
+    secrets = [Secret("bake_pip"), Secret("bake_index")]
+    if cfg.build.ca_bundle:
+        secrets.append(Secret("bake_ca", path=Path(cfg.build.ca_bundle)))
+    return ResolvePlan(
+        request=request,
+        context=resolve_context(request, ca_bundle=bool(cfg.build.ca_bundle), nonce=nonce),
+        secrets=tuple(secrets),
+        policy=policy,
+        relay=relay,
+        enforce=cfg.egress.enforce == "require",
+        setup_timeout=float(cfg.egress.setup_timeout),
+        cli=cli,
+        engine_env=engine_env,
+    )
+
+
+# pip's and uv's words for "the index did not answer" (the tool stage's pip, when BuildKit's
+# cache no longer holds it, meets an index that is down before the resolver does).
+_UNREACHABLE_LINES = ("Could not fetch URL", "Max retries exceeded", "ProxyError",
+                      "Connection refused", "Failed to fetch", "tunnel error",
+                      "No matching distribution found for uv")
+
+
+def execute_resolve(plan: ResolvePlan, engine: Engine, report: Reporter) -> PythonLock:
+    """Run a resolution in its own setup window; the lock of the requirements, or a bake
+    error (:class:`~bake.errors.UnreachableError` when the index did not answer)."""
+    digest = hashlib.sha256(repr(plan.request.cache_key()).encode()).hexdigest()
+    log_path = _egress_log(f"resolve-{digest[:16]}")
+    with tempfile.TemporaryDirectory(prefix="bake-resolve-") as tmp:
+        work = Path(tmp)
+        os.chmod(work, 0o700)
+        with _setup_window(plan.policy, plan.enforce, plan.setup_timeout,
+                           plan.request.base_from, engine, log_path, report,
+                           relay=plan.relay) as (proxy, _):
+            proxy_url = proxy.url if proxy else None
+            plan.write(work, proxy_url=proxy_url)
+            build_plan = plan.build_plan(work, proxy_url=proxy_url)
+            report.stage(f"resolving {len(plan.request.requirements)} requirement(s) "
+                         f"against {plan.request.index_url}")
+            try:
+                run_build(build_plan, timeout=plan.setup_timeout, on_line=report.log)
+            except SetupError as exc:
+                if type(exc) is SetupError and any(
+                        marker in exc.log_tail for marker in _UNREACHABLE_LINES):
+                    raise UnreachableError(
+                        f"cannot reach the package index at {plan.request.index_url} "
+                        f"({exc.message})", what=plan.request.index_url,
+                        hint="check build.pip_index_url, egress.allow and the network",
+                    ) from None
+                raise
+        return read_result(work / "out", plan.request,
+                           url_map=lambda url: plan.upstream_url(url, proxy_url))
+
+
+def resolve_requirements(request: PythonRequest, cfg: Settings, engine: Engine,
+                         report: Reporter) -> PythonLock:
+    """Resolve requirements to a lock: plan, then execute (the pipeline's Python resolver)."""
+    plan = plan_resolve(
+        request, cfg,
+        cli=find_cli(cfg.build.docker_cli, cfg.env.docker_config),
+        gateway=None if cfg.no_network else engine.bridge_gateway(),
+        engine_env=engine.address.cli_env(),
+        nonce=uuid.uuid4().hex,
+    )
+    return execute_resolve(plan, engine, report)
+
+
+def _resolvers(cfg: Settings, engine: Engine, report: Reporter) -> Resolvers:
+    """What the lock stage asks when neither a shipped lock nor a fresh entry answers."""
+    return Resolvers(
+        python=lambda request: resolve_requirements(request, cfg, engine, report),
+        hub=hub_locker(cfg),
+    )
+
+
+def _lookup(spec: str | Path | JobSpec, cfg: Settings, report: Reporter, *,
+            engine: Engine | None = None, upgrade: bool = False,
+            use_shipped: bool = True) -> Lookup:
+    """The first act with the pipeline's resolvers; stale-if-error warnings to ``report``."""
+    engine = engine or Engine.from_settings(cfg)
+    return lookup(spec, cfg, engine=engine, resolvers=_resolvers(cfg, engine, report),
+                  upgrade=upgrade, use_shipped=use_shipped, warn=report.warn)
 
 
 # --- the verbs -----------------------------------------------------------------------------------
@@ -274,19 +510,55 @@ def _settings(settings: Settings | None, config: str | None) -> Settings:
 
 
 def key(spec: str | Path | JobSpec, *, settings: Settings | None = None,
-        config: str | None = None) -> ImageKey:
+        config: str | None = None, reporter: Reporter | None = None) -> ImageKey:
     """The image key of a job spec (and, in ``.manifest``, why)."""
-    return lookup(spec, _settings(settings, config)).key
+    return _lookup(spec, _settings(settings, config), reporter or NullReporter()).key
+
+
+def explain_key(spec: str | Path | JobSpec, *, settings: Settings | None = None,
+                config: str | None = None, reporter: Reporter | None = None) -> dict[str, Any]:
+    """``bake key --explain``: the key, the declared inputs, the lock's digest, the manifest."""
+    found = _lookup(spec, _settings(settings, config), reporter or NullReporter())
+    return explain(found.job, found.key)
+
+
+@dataclass(frozen=True)
+class LockResult:
+    path: Path  # bake.lock beside the spec
+    lock: Lock
+    key: ImageKey
+    changed: bool  # the file's bytes changed (or it is new)
+
+    @property
+    def digest(self) -> str:
+        return self.lock.digest()
+
+
+def lock(spec: str | Path | JobSpec, *, upgrade: bool = False,
+         settings: Settings | None = None, config: str | None = None,
+         reporter: Reporter | None = None) -> LockResult:
+    """``bake lock SPEC [--upgrade]``: lock every outside input and write ``bake.lock`` beside
+    the spec.  A shipped lock is left aside (it is what this rewrites); the resolver cache
+    answers while fresh, ``upgrade`` resolves again."""
+    found = _lookup(spec, _settings(settings, config), reporter or NullReporter(),
+                    upgrade=upgrade, use_shipped=False)
+    path = lock_path(found.spec)
+    try:
+        before = path.read_bytes()
+    except OSError:
+        before = None
+    write_lock(path, found.lock)
+    return LockResult(path, found.lock, found.key, path.read_bytes() != before)
 
 
 def render_to(spec: str | Path, out: Path, *, settings: Settings | None = None,
               config: str | None = None) -> Path:
     """Write the Dockerfile and the exact build context of a spec into ``out``."""
     cfg = _settings(settings, config)
-    found = lookup(spec, cfg)
+    found = _lookup(spec, cfg, NullReporter())
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"{out} is not empty", hint="render into a new or empty folder")
-    return _context(found.job, cfg).write(out)
+    return _context(found.job, cfg, _relay(cfg, None)).write(out)
 
 
 def build(
@@ -300,21 +572,22 @@ def build(
 ) -> BuildResult:
     """Bake the image of a job: a key hit, a registry pull, or one BuildKit build."""
     started = time.monotonic()
-    found = lookup(spec, _settings(settings, config))
-    return _bake(found, started=started, push=push, no_cache=no_cache,
-                 report=reporter or NullReporter())
+    report = reporter or NullReporter()
+    found = _lookup(spec, _settings(settings, config), report)
+    return _bake(found, started=started, push=push, no_cache=no_cache, report=report)
 
 
 def _bake(found: Lookup, *, started: float, push: bool | None, no_cache: bool,
           report: Reporter) -> BuildResult:
     cfg, image, digest = found.settings, found.image, found.key.digest
+    locked = found.lock.digest()
 
     def elapsed() -> float:
         return round(time.monotonic() - started, 3)
 
     if found.present and not no_cache:
         record_use(digest)
-        return BuildResult(image, digest, elapsed(), cached=True)
+        return BuildResult(image, digest, elapsed(), cached=True, locked=locked)
     plan = plan_job(
         found,
         cli=find_cli(cfg.build.docker_cli, cfg.env.docker_config),
@@ -326,17 +599,17 @@ def _bake(found: Lookup, *, started: float, push: bool | None, no_cache: bool,
                                                         "running; waiting")):
         if not no_cache and found.engine.has_image(image):
             record_use(digest)
-            return BuildResult(image, digest, elapsed(), cached=True)
+            return BuildResult(image, digest, elapsed(), cached=True, locked=locked)
         if registry is not None and not no_cache and registry.pull(image, report):
             record_use(digest)
-            return BuildResult(image, digest, elapsed(), pulled=True)
+            return BuildResult(image, digest, elapsed(), pulled=True, locked=locked)
         egress, egress_log, summary = execute(plan, found.engine, registry, report)
         record_use(digest)
         pushed = False
         if registry is not None and (cfg.registry.push if push is None else push):
             pushed = registry.push(image, report)
         return BuildResult(image, digest, elapsed(), built=True, pushed=pushed, egress=egress,
-                           egress_log=egress_log, egress_summary=summary)
+                           egress_log=egress_log, egress_summary=summary, locked=locked)
 
 
 def execute(plan: JobPlan, engine: Engine, registry: Registry | None,
@@ -347,13 +620,12 @@ def execute(plan: JobPlan, engine: Engine, registry: Registry | None,
     timed-out or interrupted build leaves no image and no proxy behind.
     """
     cache_from = [ref for ref in plan.cache_candidates if _cache_source(ref, engine, registry)]
-    egress_dir = state_dir() / "egress"
-    egress_dir.mkdir(parents=True, exist_ok=True)
-    log_path = egress_dir / f"{plan.key.digest[:16]}-{time.strftime('%Y%m%dT%H%M%S')}.jsonl"
+    log_path = _egress_log(plan.key.digest[:16])
     with tempfile.TemporaryDirectory(prefix="bake-build-") as tmp:
         work = Path(tmp)
         os.chmod(work, 0o700)
-        with _setup_window(plan, engine, log_path, report) as (proxy, egress):
+        with _setup_window(plan.policy, plan.enforce, plan.setup_timeout, plan.job.base_from,
+                           engine, log_path, report, relay=plan.relay) as (proxy, egress):
             plan.write(work, proxy_url=proxy.url if proxy else None)
             build_plan = plan.build_plan(work, proxy_url=proxy.url if proxy else None,
                                          cache_from=cache_from)
@@ -389,12 +661,19 @@ def _cache_source(ref: str, engine: Engine, registry: Registry | None) -> bool:
         return False
 
 
+def _egress_log(name: str) -> Path:
+    folder = state_dir() / "egress"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{name}-{time.strftime('%Y%m%dT%H%M%S')}.jsonl"
+
+
 @contextlib.contextmanager
-def _setup_window(plan: JobPlan, engine: Engine, log_path: Path,
-                  report: Reporter) -> Iterator[tuple[RunningProxy | None, str]]:
-    """Prove the host confines build steps to bake's proxy, start this build's proxy,
-    close it after."""
-    if plan.policy is None:
+def _setup_window(policy: EgressPolicy | None, enforce: bool, setup_timeout: float,
+                  canary_image: str, engine: Engine, log_path: Path, report: Reporter, *,
+                  relay: IndexRelay | None) -> Iterator[tuple[RunningProxy | None, str]]:
+    """Prove the host confines build steps to bake's proxy, start this setup's proxy (with
+    the relay of the seller's index), close it after."""
+    if policy is None:
         # `docker build --network=none`: no route out at all, nothing to prove.
         yield None, "offline"
         return
@@ -402,10 +681,10 @@ def _setup_window(plan: JobPlan, engine: Engine, log_path: Path,
     # The proof runs against a deny-all proxy of its own, so that the build's
     # egress log holds only what the build's steps asked for.
     report.stage("proving that build steps reach nothing but bake's proxy")
-    proof = lockdown.prove_recent(engine, plan.job.base_from, gateway)
+    proof = lockdown.prove_recent(engine, canary_image, gateway)
     if proof.enforced:
         egress = "enforced"
-    elif plan.enforce:
+    elif enforce:
         raise ConfinementError(
             f"build steps on this host are not confined to bake's proxy ({proof.detail})",
             hint="run `bake egress lock` as root, or set egress.enforce = \"warn\" "
@@ -414,9 +693,9 @@ def _setup_window(plan: JobPlan, engine: Engine, log_path: Path,
     else:
         egress = "advisory"
         report.warn(f"egress is advisory: {proof.detail}; `bake egress lock` confines it")
-    limits = ProxyLimits(max_tunnel_seconds=plan.setup_timeout)
-    with lockdown.start_build_proxy(plan.policy, gateway, log_path=log_path, limits=limits,
-                                    relay=plan.relay) as proxy:
+    limits = ProxyLimits(max_tunnel_seconds=setup_timeout)
+    with lockdown.start_build_proxy(policy, gateway, log_path=log_path, limits=limits,
+                                    relay=relay) as proxy:
         yield proxy, egress
 
 
@@ -439,9 +718,10 @@ def run(
     target = str(spec_or_image)
     path = Path(target)
     if path.is_dir() or path.suffix == ".toml" or path.exists():
-        found = lookup(path, cfg, engine=engine)
+        report = reporter or NullReporter()
+        found = _lookup(path, cfg, report, engine=engine)
         built = _bake(found, started=time.monotonic(), push=None, no_cache=False,
-                      report=reporter or NullReporter())
+                      report=report)
         plan = spec_job(built.image, found.spec, args=args, output=output)
     else:
         plan = image_job(engine, target, args=args, output=output)
@@ -459,7 +739,7 @@ def pull(spec: str | Path | JobSpec, *, settings: Settings | None = None,
     """``bake pull SPEC``: fetch the image of the spec's key; never builds."""
     cfg = _settings(settings, None)
     report = reporter or NullReporter()
-    found = lookup(spec, cfg)
+    found = _lookup(spec, cfg, report)
     registry = Registry.configured(cfg, found.engine)
     waiting = "another bake is building or pulling this key; waiting"
     with key_lock(found.key.digest, on_wait=lambda: report.stage(waiting)):
@@ -480,7 +760,7 @@ def push(spec: str | Path | JobSpec, *, settings: Settings | None = None,
          reporter: Reporter | None = None) -> str:
     """``bake push SPEC``: publish the local image of the spec's key."""
     cfg = _settings(settings, None)
-    found = lookup(spec, cfg)
+    found = _lookup(spec, cfg, reporter or NullReporter())
     registry = Registry.configured(cfg, found.engine)
     if not found.present:
         raise RegistryError(f"{found.image} is not on this engine, so there is nothing to push",
@@ -534,7 +814,7 @@ def _prebake_variant(template: Template, variant: Variant, cfg: Settings, engine
 
     image: str | None = None
     try:
-        found = lookup(variant_spec(template, variant, base=base), cfg, engine=engine)
+        found = _lookup(variant_spec(template, variant, base=base), cfg, report, engine=engine)
         image = found.image
         if registry is not None:
             if registry.exists(image):

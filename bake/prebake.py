@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .job import ResolvedJob
+from .lock.format import Lock
 from .spec import JobSpec, parse_spec
 from .templates import Template, Variant
 
@@ -84,9 +85,13 @@ def deps_twin(spec: JobSpec) -> JobSpec | None:
 
 
 def twin_job(job: ResolvedJob) -> ResolvedJob | None:
-    """The resolved deps twin of a resolved job: it shares the job's template and base,
-    so the job's resolution holds for it (no second lookup)."""
+    """The resolved deps twin of a resolved job: it shares the job's template, base and
+    requirements, so the Python half of the job's lock holds for it (no second lookup)."""
     twin = deps_twin(job.spec)
     if twin is None:
         return None
-    return dataclasses.replace(job, spec=twin, models=(), datasets=(), file_digests=())
+    lock = job.lock
+    twin_lock = Lock(dataclasses.replace(lock.declared, models=(), datasets=()),
+                     lock.base_digest, lock.python)
+    return ResolvedJob(twin, job.template, job.base_ref, job.base_from, job.base_digest, (),
+                       twin_lock)

@@ -1,29 +1,28 @@
-"""JobSpec -> ResolvedJob (:mod:`bake.job`): pin what a name alone does not fix.
+"""JobSpec -> PinnedJob (:mod:`bake.job`): what the engine and the spec's folder pin.
 
-The base image is pinned to its digest (the registry digest when the engine has
-one, else the local image id), each model's and dataset's branch or tag to its
-commit, each job file to the sha256 of its bytes.  The key is computed from the
-result, so a moved branch or a rebuilt base gives a new key.
+The template is found, the base image pinned to its digest (the registry digest when
+the engine has one, else the local image id), each job file to the sha256 of its
+bytes.  What comes from the package index and the Hub is the lock stage's
+(:mod:`bake.lock.locking`), which starts from this value.  The key is computed from
+both, so a rebuilt base or an edited file gives a new key.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from . import hub as hub_api
 from .engine import Engine
 from .errors import EngineError, SpecError
-from .job import ResolvedJob, ResolvedRepo
+from .job import PinnedJob
 from .reference import parse_image_ref
 from .settings import Settings
-from .spec import HubRepo, JobSpec
+from .spec import JobSpec
 from .templates import find_template
 from .units import format_size
 
-__all__ = ["BaseLookup", "ClientHub", "Hub", "base_digest", "check_context_size", "resolve"]
+__all__ = ["BaseLookup", "base_digest", "check_context_size", "resolve"]
 
 #: ``base_lookup(ref)`` -> (what FROM should say, the digest that feeds the key).
 BaseLookup = Callable[[str], tuple[str, str]]
@@ -34,11 +33,9 @@ def resolve(
     settings: Settings,
     *,
     base_lookup: BaseLookup,
-    hub: Hub | None = None,
-) -> ResolvedJob:
-    """Pin the spec's inputs.  ``base_lookup`` asks the Engine (:func:`base_digest`, or a
-    fixed answer in unit tests); ``hub`` is asked only when the spec names models or
-    datasets (default: the real Hub of the settings)."""
+) -> PinnedJob:
+    """Pin the spec's base and files.  ``base_lookup`` asks the Engine (:func:`base_digest`,
+    or a fixed answer in unit tests)."""
     template = find_template(spec.template, settings.build.templates)
     base_ref = spec.base or template.default_base
     if not settings.base_allowed(base_ref):
@@ -50,20 +47,12 @@ def resolve(
         )
     check_context_size(spec, settings.build.max_context)
     base_from, digest = base_lookup(base_ref)
-    models: tuple[ResolvedRepo, ...] = ()
-    datasets: tuple[ResolvedRepo, ...] = ()
-    if spec.models or spec.datasets:
-        client = hub if hub is not None else ClientHub.from_settings(settings)
-        models = tuple(_pin(r, client) for r in spec.models)
-        datasets = tuple(_pin(r, client) for r in spec.datasets)
-    return ResolvedJob(
+    return PinnedJob(
         spec=spec,
         template=template,
         base_ref=base_ref,
         base_from=base_from,
         base_digest=digest,
-        models=models,
-        datasets=datasets,
         file_digests=tuple(_sha256(f.source) for f in spec.files),
     )
 
@@ -117,45 +106,6 @@ def base_digest(engine: Engine, ref: str, *, pull: bool = True) -> tuple[str, st
     # An image made here (`bake base build`, `docker import`) has no registry
     # digest; its id is the digest of its config, which pins it just as well.
     return ref, str(info["Id"])
-
-
-class Hub(Protocol):
-    """What resolving needs of the Hugging Face Hub; unit tests swap in a fake."""
-
-    def resolve_revision(self, repo: HubRepo) -> str:
-        """The 40-hex commit the repo's branch, tag or commit names now."""
-
-    def list_files(self, repo: HubRepo, commit: str) -> list[str]:
-        """The files a fetch of the repo at ``commit`` with its patterns gets; an error when an
-        include pattern matches nothing or the token cannot read them."""
-
-
-@dataclass(frozen=True)
-class ClientHub:
-    """The real Hub through ``bake.hub`` (the one module that imports huggingface_hub)."""
-
-    endpoint: str | None
-    token: str | None = field(default=None, repr=False)  # never in a repr, a log or a message
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> ClientHub:
-        return cls(settings.hub_endpoint, settings.env.hf_token or None)
-
-    def resolve_revision(self, repo: HubRepo) -> str:
-        return hub_api.resolve_revision(repo.kind, repo.repo, repo.revision,
-                                        endpoint=self.endpoint, token=self.token)
-
-    def list_files(self, repo: HubRepo, commit: str) -> list[str]:
-        return hub_api.list_matching_files(repo.kind, repo.repo, commit, repo.include,
-                                           repo.exclude, endpoint=self.endpoint, token=self.token)
-
-
-def _pin(repo: HubRepo, hub: Hub) -> ResolvedRepo:
-    commit = hub.resolve_revision(repo)
-    # At key time, not in the build: an include pattern that matches nothing, or a gated
-    # repo the token cannot read, is a bad spec (exit 2), not a setup failure minutes later.
-    hub.list_files(repo, commit)
-    return ResolvedRepo(repo, commit)
 
 
 def _sha256(path: Any) -> str:

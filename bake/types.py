@@ -45,12 +45,13 @@ class BuildResult:
     egress: str = ""  # "enforced" | "advisory" | "offline" (no network at all) | "" (no build)
     egress_log: str | None = None
     egress_summary: str | None = None
+    locked: str | None = None  # the digest of the lock the image was keyed by ("sha256:...")
 
     def to_json(self) -> dict[str, object]:
         return {
             "image": self.image, "key": self.key, "cached": self.cached, "pulled": self.pulled,
             "pushed": self.pushed, "egress": self.egress or None, "egress_log": self.egress_log,
-            "duration_s": self.duration_s,
+            "duration_s": self.duration_s, "locked": self.locked,
         }
 
     def describe(self) -> str:

@@ -77,10 +77,10 @@ def main() -> None:
                         gateway=gateway)
         build_dir = work / "build"
         build_dir.mkdir(mode=0o700)
-        plan.write(build_dir)
         assert plan.policy is not None
-        with start_build_proxy(plan.policy, gateway, log_path=None,
-                               limits=ProxyLimits()) as proxy:
+        with start_build_proxy(plan.policy, gateway, log_path=None, limits=ProxyLimits(),
+                               relay=plan.relay) as proxy:
+            plan.write(build_dir, proxy_url=proxy.url)
             reference = plan.build_plan(build_dir, proxy_url=proxy.url, cache_from=())
             docker, docker_env = list(reference.argv), dict(reference.env)
             timed(docker, docker_env)  # warm the reference's cache too

@@ -5,8 +5,12 @@ huggingface.co cannot be reached from the machines bake is tested on, so tests (
 requests, headers and error codes the client sees from the Hub, so that what passes here is what
 the client does against the real thing.  Endpoints served::
 
-    GET       /api/{models,datasets}/{repo}[/revision/{rev}]   repo info (sha, siblings, gated)
-    GET       /api/{models,datasets}/{repo}/tree/{rev}[/{path}] tree listing (?recursive=true)
+    GET       /api/{models,datasets}/{repo}[/revision/{rev}]   repo info (sha, siblings, gated;
+                                                              ?blobs=true: each file's size,
+                                                              blobId and lfs)
+    GET       /api/{models,datasets}/{repo}/tree/{rev}[/{path}] tree listing (?recursive=true,
+                                                              ?expand=true: lastCommit, security)
+    POST      /api/{models,datasets}/{repo}/paths-info/{rev}  paths info (form: paths, expand)
     HEAD/GET  /{repo}/resolve/{rev}/{path}                    a model file (Range supported)
     HEAD/GET  /datasets/{repo}/resolve/{rev}/{path}           a dataset file
 
@@ -286,6 +290,19 @@ class RunningHub:
             state.tags[tag] = commit.sha
         return commit.sha
 
+    def tamper(
+        self, repo_id: str, path: str, content: Content, *, revision: str = "main",
+        kind: Kind | None = None,
+    ) -> None:
+        """Serve other bytes for ``path`` at the commit ``revision`` names, under the same commit:
+        what a compromised mirror or a man in the middle would do (the Hub itself cannot)."""
+        state = self._find_any(repo_id, kind)
+        with self._state.lock:
+            commit = state.resolve(revision)
+            if commit is None or path not in commit.files:
+                raise KeyError(f"{revision}:{path}")
+            commit.files[path] = content
+
     def head(self, repo_id: str, revision: str = "main", *, kind: Kind | None = None) -> str:
         """The commit a branch or tag points at now."""
         state = self._find_any(repo_id, kind)
@@ -395,6 +412,11 @@ class _Handler(BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:
         self._serve(head=True)
 
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        self._body = self.rfile.read(length) if length else b""
+        self._serve(head=False)
+
     # -- dispatch ---------------------------------------------------------------------------------
 
     def _serve(self, *, head: bool) -> None:
@@ -430,21 +452,31 @@ class _Handler(BaseHTTPRequestHandler):
         parts = [unquote(p) for p in raw]
         if len(parts) >= 3 and parts[0] == "api" and parts[1] in ("models", "datasets"):
             kind: Kind = "model" if parts[1] == "models" else "dataset"
-            repo_id, rest = _split_repo(parts[2:], ("revision", "tree"))
+            repo_id, rest = _split_repo(parts[2:], ("revision", "tree", "paths-info"))
+            query = parse_qs(url.query)
+            blobs = _flag(query, "blobs")
+            if self.command == "POST":
+                if len(rest) == 2 and rest[0] == "paths-info":
+                    form = parse_qs(getattr(self, "_body", b"").decode())
+                    return self._paths_info(
+                        kind, repo_id, rest[1], form.get("paths", []), _flag(form, "expand"),
+                        authorized,
+                    )
+                raise _HubError(404, f"Not found: {url.path}")
             if not rest:
-                return self._info(kind, repo_id, "main", authorized, head=head)
+                return self._info(kind, repo_id, "main", authorized, head=head, blobs=blobs)
             if rest[0] == "revision" and len(rest) == 2:
-                return self._info(kind, repo_id, rest[1], authorized, head=head)
+                return self._info(kind, repo_id, rest[1], authorized, head=head, blobs=blobs)
             if rest[0] == "tree" and len(rest) >= 2:
-                recursive = parse_qs(url.query).get("recursive", ["false"])[-1].lower()
                 return self._tree(
                     kind,
                     repo_id,
                     rest[1],
                     "/".join(rest[2:]),
-                    recursive in ("true", "1"),
+                    _flag(query, "recursive"),
                     authorized,
                     head=head,
+                    expand=_flag(query, "expand"),
                 )
         else:
             kind = "model"
@@ -474,7 +506,8 @@ class _Handler(BaseHTTPRequestHandler):
         return commit
 
     def _info(
-        self, kind: Kind, repo_id: str, revision: str, authorized: bool, *, head: bool
+        self, kind: Kind, repo_id: str, revision: str, authorized: bool, *, head: bool,
+        blobs: bool = False,
     ) -> int:
         # Like the Hub, a gated repo's metadata is public: only its files need a token.
         repo = self._repo(kind, repo_id, authorized)
@@ -492,7 +525,10 @@ class _Handler(BaseHTTPRequestHandler):
             "downloads": 0,
             "likes": 0,
             "tags": [],
-            "siblings": [{"rfilename": p} for p in sorted(commit.files)],
+            "siblings": [
+                _sibling(p, commit.files[p]) if blobs else {"rfilename": p}
+                for p in sorted(commit.files)
+            ],
         }
         if kind == "model":
             body["modelId"] = repo_id
@@ -508,6 +544,7 @@ class _Handler(BaseHTTPRequestHandler):
         authorized: bool,
         *,
         head: bool,
+        expand: bool = False,
     ) -> int:
         repo = self._repo(kind, repo_id, authorized)
         commit = self._commit(repo, revision)
@@ -525,12 +562,31 @@ class _Handler(BaseHTTPRequestHandler):
                 folder = prefix + "/".join(rest[:depth])
                 if folder not in folders:
                     folders.add(folder)
-                    oid = hashlib.sha1(f"tree:{commit.sha}:{folder}".encode()).hexdigest()
-                    entries.append({"type": "directory", "oid": oid, "size": 0, "path": folder})
+                    entries.append(_folder_entry(commit, folder, expand))
             if recursive or len(rest) == 1:
-                entries.append(_file_entry(file_path, commit.files[file_path]))
+                entries.append(_file_entry(file_path, commit.files[file_path], commit, expand))
         entries.sort(key=lambda e: str(e["path"]))
         return self._send_json(entries, head=head)
+
+    def _paths_info(
+        self,
+        kind: Kind,
+        repo_id: str,
+        revision: str,
+        paths: list[str],
+        expand: bool,
+        authorized: bool,
+    ) -> int:
+        # The Hub answers for the paths that exist (files and folders) and ignores the others.
+        repo = self._repo(kind, repo_id, authorized)
+        commit = self._commit(repo, revision)
+        entries: list[dict[str, object]] = []
+        for path in dict.fromkeys(p.strip("/") for p in paths):
+            if path in commit.files:
+                entries.append(_file_entry(path, commit.files[path], commit, expand))
+            elif path and any(p.startswith(path + "/") for p in commit.files):
+                entries.append(_folder_entry(commit, path, expand))
+        return self._send_json(entries, head=False)
 
     def _resolve(
         self, kind: Kind, repo_id: str, revision: str, path: str, authorized: bool, *, head: bool
@@ -620,18 +676,73 @@ def _split_repo(parts: list[str], keywords: tuple[str, ...]) -> tuple[str, list[
     raise _HubError(404, "Not found")
 
 
-def _file_entry(path: str, content: Content) -> dict[str, object]:
+def _flag(query: Mapping[str, list[str]], name: str) -> bool:
+    # The client sends Python booleans as the HTTP stack spells them ("true", "True") or 1.
+    return query.get(name, ["false"])[-1].lower() in ("true", "1")
+
+
+def _blob_id(path: str, content: Content) -> str:
+    """The git blob id the Hub reports: of the LFS pointer for LFS files, else of the bytes."""
+    if _is_lfs(path, content):
+        return _git_blob_oid(_lfs_pointer(content))
+    assert isinstance(content, bytes)
+    return _git_blob_oid(content)
+
+
+def _last_commit(commit: _Commit) -> dict[str, object]:
+    # One commit per tree here: every path was last changed by the commit itself.
+    return {"id": commit.sha, "title": f"Upload {commit.sha[:7]}", "date": _DATE}
+
+
+def _folder_entry(commit: _Commit, folder: str, expand: bool) -> dict[str, object]:
+    oid = hashlib.sha1(f"tree:{commit.sha}:{folder}".encode()).hexdigest()
+    entry: dict[str, object] = {"type": "directory", "oid": oid, "size": 0, "path": folder}
+    if expand:
+        entry["lastCommit"] = _last_commit(commit)
+    return entry
+
+
+def _file_entry(
+    path: str, content: Content, commit: _Commit | None = None, expand: bool = False
+) -> dict[str, object]:
+    """A file as the tree and paths-info endpoints list it (with ``expand``: its last commit and
+    the security scan's verdict, as the Hub adds them)."""
+    entry: dict[str, object] = {
+        "type": "file",
+        "oid": _blob_id(path, content),
+        "size": _size(content),
+        "path": path,
+    }
     if _is_lfs(path, content):
         pointer = _lfs_pointer(content)
-        return {
-            "type": "file",
-            "oid": _git_blob_oid(pointer),
+        entry["lfs"] = {
+            "oid": _sha256(content),
             "size": _size(content),
-            "path": path,
-            "lfs": {"oid": _sha256(content), "size": _size(content), "pointerSize": len(pointer)},
+            "pointerSize": len(pointer),
         }
-    assert isinstance(content, bytes)
-    return {"type": "file", "oid": _git_blob_oid(content), "size": len(content), "path": path}
+    if expand and commit is not None:
+        entry["lastCommit"] = _last_commit(commit)
+        entry["securityFileStatus"] = {
+            "status": "safe",
+            "avScan": {"virusFound": False, "virusNames": None},
+            "pickleImportScan": None,
+        }
+    return entry
+
+
+def _sibling(path: str, content: Content) -> dict[str, object]:
+    """A file in the repo info's ``siblings`` with ``blobs=true`` (``files_metadata=True``): the
+    Hub names the LFS digest ``sha256`` here, where the tree endpoint says ``oid``."""
+    entry: dict[str, object] = {
+        "rfilename": path,
+        "blobId": _blob_id(path, content),
+        "size": _size(content),
+    }
+    if _is_lfs(path, content):
+        pointer = _lfs_pointer(content)
+        entry["lfs"] = {"sha256": _sha256(content), "size": _size(content),
+                        "pointerSize": len(pointer)}
+    return entry
 
 
 def _parse_range(header: str, size: int) -> tuple[int, int]:

@@ -69,6 +69,7 @@ class BuildPlan:
     argv: tuple[str, ...]
     env: Mapping[str, str] = field(default_factory=dict)
     iidfile: Path = Path()
+    output: Path | None = None  # a folder the last stage's files go to; then no image at all
 
 
 def _client_version(path: str) -> str | None:
@@ -185,14 +186,22 @@ def plan_build(
     inline_cache: bool = False,
     engine_env: Mapping[str, str] | None = None,
     environ: Mapping[str, str] | None = None,
+    output: Path | None = None,
 ) -> BuildPlan:
     """The argv and environment of one build.  Pure but for reading ``os.environ`` when
     ``environ`` is not given.
 
     ``engine_env`` points the CLI at the engine bake talks to (DOCKER_HOST and its
     TLS variables, from the settings); proxy variables of the caller never pass.
+    With ``output`` the last stage's files are written to that folder
+    (``--output type=local``) and no image is made or kept: the resolve build's way out.
     """
-    argv: list[str] = [*cli.argv, "--progress=plain", "--iidfile", str(iidfile)]
+    if output is None:
+        argv: list[str] = [*cli.argv, "--progress=plain", "--iidfile", str(iidfile)]
+    else:
+        # buildx's --load would ask for an image too; a local export is the only output.
+        argv = [a for a in cli.argv if a != "--load"]
+        argv += ["--progress=plain", "--output", f"type=local,dest={output}"]
     # Every predefined proxy arg is set explicitly, empty when there is no proxy, so
     # the proxies in the seller's ~/.docker/config.json can never fill them in.
     for name in PROXY_ARGS:
@@ -221,7 +230,7 @@ def plan_build(
            if k.upper() not in PROXY_ARGS and k not in _ENGINE_VARIABLES}
     env.update(engine_env or {})
     env.update(dict(cli.env))
-    return BuildPlan(tuple(argv), env, iidfile)
+    return BuildPlan(tuple(argv), env, iidfile, output)
 
 
 def run_build(
@@ -231,7 +240,8 @@ def run_build(
     on_line: Callable[[str], None] = lambda line: None,
     keep_lines: int = 80,
 ) -> str:
-    """Run a planned build; return the image id.  Raises SetupError / SetupTimeout.
+    """Run a planned build; return the image id ("" for a local export).  Raises SetupError /
+    SetupTimeout.
 
     On timeout, KeyboardInterrupt or any exception the CLI is sent SIGINT (it then
     cancels the solve in BuildKit) and killed if it lingers; the exception goes on.
@@ -287,6 +297,8 @@ def run_build(
             log_tail="\n".join(tail),
             hint="read the build log above; fix the requirement or step it names",
         )
+    if plan.output is not None:
+        return ""
     try:
         return plan.iidfile.read_text().strip()
     except OSError as exc:
@@ -324,6 +336,22 @@ def _signals_deferred() -> Iterator[None]:
 
 
 _STEP_OUTPUT = re.compile(r"#\d+ \d+\.\d+ (.*)")
+_UV_MISMATCH = re.compile(r"Hash mismatch for `([^`]+)`")
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def _hash_mismatch(lines: list[str]) -> str | None:
+    """uv's "Hash mismatch for `name==version`" block, as one line: what, expected, received."""
+    for i, line in enumerate(lines):
+        found = _UV_MISMATCH.search(line)
+        if not found:
+            continue
+        digests = [d for rest in lines[i + 1:i + 12] for d in _DIGEST.findall(rest)]
+        if len(digests) >= 2:
+            return (f"{found.group(1)} from the index does not match its locked hash: "
+                    f"expected {digests[0]}, received {digests[1]}")
+        return f"{found.group(1)} from the index does not match its locked hash"
+    return None
 
 
 def _failure(tail: Iterable[str]) -> str:
@@ -334,6 +362,9 @@ def _failure(tail: Iterable[str]) -> str:
     "ERROR: No matching distribution ...", hubfetch's "bake-fetch: error: ...").
     """
     lines = [line.strip() for line in tail]
+    mismatch = _hash_mismatch(lines)
+    if mismatch:
+        return mismatch
     for line in reversed(lines):
         step = _STEP_OUTPUT.fullmatch(line)
         if step and "error" in step.group(1).lower():

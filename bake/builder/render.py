@@ -1,9 +1,16 @@
 """ResolvedJob -> BuildContext: the Dockerfile (Jinja, StrictUndefined) and its files.  Pure.
 
-The context holds exactly: ``Dockerfile``, ``bake/requirements.txt``; when the job
-fetches from the Hub, ``bake/hub-client.txt`` (the fetch stages' pinned client, a
-files of the ``_base`` template), ``bake/hubfetch.py`` and ``bake/hub/<n>.json``;
-and the job's declared files under ``job/``.  Nothing else of the host is sent.
+The context holds exactly: ``Dockerfile``; when the job has requirements,
+``bake/tool-requirements.txt`` (bake's tool stage: uv, hash-pinned) and
+``bake/install/`` (``files.json``: every locked file's URL and sha256;
+``requirements.txt``: ``name==version --hash=sha256:...`` for uv's
+``--require-hashes --no-deps``; ``wheelfetch.py``, which fetches and checks them);
+when the job fetches from the Hub, ``bake/hub-client.txt`` (the fetch stages' pinned
+client), ``bake/hubfetch.py`` and ``bake/hub/<n>.json`` (each repo's commit and every
+locked file with its digest, checked before the layer is made); and the job's
+declared files under ``job/``.  Nothing else of the host is sent.  Everything comes
+from the job's lock (:mod:`bake.lock`): the build installs and fetches exactly the
+locked bytes.
 """
 
 from __future__ import annotations
@@ -11,17 +18,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import SetupError
 from ..job import ResolvedJob
+from ..lock.format import LockedRepo
 
 __all__ = ["BuildContext", "ContextFile", "hub_cache_dir", "render"]
 
 HF_HOME = "/opt/hf"
 HUB_CLIENT = "hub-client.txt"
 HUBFETCH = "hubfetch.py"
+TOOL_REQUIREMENTS = "tool-requirements.txt"
+WHEELFETCH = "wheelfetch.py"
 
 
 @dataclass(frozen=True)
@@ -86,7 +97,15 @@ def hub_cache_dir(kind: str, repo: str) -> str:
     return f"{kind}s--" + repo.replace("/", "--")
 
 
-def render(job: ResolvedJob, *, ca_bundle: bool, hub_token: bool = False) -> BuildContext:
+def render(job: ResolvedJob, *, ca_bundle: bool, hub_token: bool = False,
+           relay_path: Callable[[str], str | None] | None = None) -> BuildContext:
+    """The build context of a job: it installs and fetches exactly the job's locked bytes.
+
+    ``relay_path`` maps a URL on the seller's index (``build.pip_index_url``) to its path on
+    the proxy's relay (:meth:`bake.egress.relay.IndexRelay.relay_path`), which adds the
+    index's credentials: such files are fetched through the relay, whose address the step
+    reads from its ``bake_index`` secret; the others by their own URL, through CONNECT.
+    """
     import jinja2  # noqa: PLC0415 - heavy: never on a key hit
 
     env = jinja2.Environment(
@@ -97,45 +116,66 @@ def render(job: ResolvedJob, *, ca_bundle: bool, hub_token: bool = False) -> Bui
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    spec = job.spec
+    spec, lock = job.spec, job.lock
     hub = [
         {
             "index": i,
-            "kind": r.repo.kind,
-            "repo": r.repo.repo,
+            "kind": r.kind,
+            "repo": r.repo,
             "commit": r.commit,
-            "cache_dir": hub_cache_dir(r.repo.kind, r.repo.repo),
+            "cache_dir": hub_cache_dir(r.kind, r.repo),
         }
-        for i, r in enumerate(job.hub_repos)
+        for i, r in enumerate(lock.repos)
     ]
+    dists = lock.distributions
+    sdists = any(not d.is_wheel for d in dists)
+    urls = [(relay_path(d.url) if relay_path is not None else None) or d.url for d in dists]
     dockerfile = env.get_template(f"{job.template.name}/Dockerfile.j2").render(
         base=job.base_from,
-        requirements=bool(spec.requirements),
-        only_binary=spec.only_binary,
+        requirements=bool(dists),
+        sdists=sdists,
+        relayed=any(url.startswith("/") for url in urls),
         ca_bundle=ca_bundle,
         hub=hub,
         hub_token=hub_token,
         hf_home=HF_HOME,
     )
-    files: list[ContextFile] = [
-        ContextFile("bake/requirements.txt", "".join(f"{r}\n" for r in spec.requirements).encode())
-    ]
+    files: list[ContextFile] = []
+    if lock.python is not None and dists:
+        files += [
+            ContextFile("bake/tool-requirements.txt",
+                        source=job.template.base_file(TOOL_REQUIREMENTS)),
+            ContextFile("bake/install/requirements.txt", lock.python.install_requirements()),
+            ContextFile("bake/install/files.json", json.dumps(
+                [{"file": d.file, "url": url, "sha256": d.sha256}
+                 for d, url in zip(dists, urls, strict=True)],
+                indent=1).encode()),
+            ContextFile("bake/install/wheelfetch.py", source=job.template.base_file(WHEELFETCH)),
+        ]
     if hub:
         files.append(ContextFile("bake/hub-client.txt", source=job.template.base_file(HUB_CLIENT)))
         files.append(ContextFile("bake/hubfetch.py", source=job.template.base_file(HUBFETCH)))
-        for entry, resolved in zip(hub, job.hub_repos, strict=True):
-            doc = {
-                "kind": resolved.repo.kind,
-                "repo": resolved.repo.repo,
-                "commit": resolved.commit,
-                "revision": resolved.repo.revision,
-                "include": list(resolved.repo.include),
-                "exclude": list(resolved.repo.exclude),
-            }
+        for entry, repo in zip(hub, lock.repos, strict=True):
             files.append(ContextFile(f"bake/hub/{entry['index']}.json",
-                                     json.dumps(doc, indent=1).encode()))
+                                     json.dumps(fetch_spec(repo), indent=1).encode()))
     files.extend(
         ContextFile(f"job/{f.dest}", source=f.source, mode=f.mode, sha256=digest)
         for f, digest in zip(spec.files, job.file_digests, strict=True)
     )
     return BuildContext(dockerfile, tuple(files))
+
+
+def fetch_spec(repo: LockedRepo) -> dict[str, object]:
+    """hubfetch.py's spec for one repo: its commit, and every locked file with its digest."""
+    return {
+        "kind": repo.kind,
+        "repo": repo.repo,
+        "commit": repo.commit,
+        "revision": repo.revision,
+        "include": list(repo.include),
+        "exclude": list(repo.exclude),
+        "files": [{"path": f.path, "size": f.size,
+                   **({"sha256": f.sha256} if f.sha256 else {"blob": f.blob})}
+                  for f in repo.files],
+    }
+

@@ -49,6 +49,7 @@ _CODE = Path(__file__).resolve().parent.parent  # the bake package
 class Recalled:
     image: str
     key: str
+    locked: str | None = None  # the digest of the lock the key was computed from
 
 
 def record_name(spec_file: Path, config: str, environ: Mapping[str, str] | str) -> str:
@@ -105,13 +106,14 @@ def _entry(path: Path, racy_ns: int) -> list[object]:
 
 def remember(*, name: str, key: str, image: str, engine: EngineAddress, base_ref: str,
              base_info: Mapping[str, Any], inputs: Iterable[Path],
-             expires: float | None = None) -> None:
+             expires: float | None = None, locked: str | None = None) -> None:
     """Write the record of one lookup (best effort: a record that cannot be written is
     only a slower next hit)."""
     made = time.time_ns()
     racy = made - int(RACY_SECONDS * 1e9)
     record = {
         "format": FORMAT, "key": key, "image": image, "made_ns": made, "expires": expires,
+        "locked": locked,
         "engine": [engine.url, engine.tls_verify, engine.cert_path],
         "base": [base_ref, base_info.get("Id"), sorted(base_info.get("RepoDigests") or [])],
         "files": [_entry(p, racy) for p in dict.fromkeys(inputs)],
@@ -149,7 +151,9 @@ def recall(name: str, *, now: float | None = None) -> Recalled | None:
     except (OSError, ValueError, KeyError, TypeError, EngineError):
         return None
     labels = ((found or {}).get("Config") or {}).get("Labels") or {}
-    return Recalled(image, key) if labels.get("bake.key") == key else None
+    locked = record.get("locked")
+    return Recalled(image, key, str(locked) if locked else None) \
+        if labels.get("bake.key") == key else None
 
 
 def _unchanged(files: Sequence[Sequence[object]], made_ns: int) -> bool:

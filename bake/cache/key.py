@@ -1,9 +1,16 @@
-"""ResolvedJob -> ImageKey: sha256 of a canonical JSON manifest.  Pure.
+"""ResolvedJob (+ its Lock) -> ImageKey: sha256 of a canonical JSON manifest.  Pure.
 
 The manifest holds every input that changes the image and nothing else
 (DESIGN.md "The key"): not the spec's name, no host paths, no timestamps,
 no allowlist.  Canonical = sorted keys, no whitespace, ASCII only, so the
 same inputs give the same 64 hex characters on every machine.
+
+With a lock (:mod:`bake.lock`) the manifest holds what the declared inputs
+locked to, not the declarations: the base digest, every distribution's file
+and sha256, each repo's commit and file digests.  ``numpy>=2`` keys the numpy
+it resolved to; where a file was served from (its URL) is not in it, so a
+mirror and the index key the same bytes the same.  :func:`explain` shows the
+declared inputs beside the manifest, for ``bake key --explain``.
 """
 
 from __future__ import annotations
@@ -13,9 +20,17 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from ..job import ResolvedJob, ResolvedRepo
+from ..job import ResolvedJob
+from ..lock.format import DeclaredRepo, LockedRepo
 
-__all__ = ["BUILDER_VERSION", "ImageKey", "canonical_json", "compute_key", "manifest_of"]
+__all__ = [
+    "BUILDER_VERSION",
+    "ImageKey",
+    "canonical_json",
+    "compute_key",
+    "explain",
+    "manifest_of",
+]
 
 # Bump when a change to bake makes an older image unfit for the same inputs
 # (the way the templates use the context, the venv location, the user...).
@@ -62,18 +77,41 @@ def canonical_json(value: Any) -> str:
 
 
 def manifest_of(job: ResolvedJob) -> dict[str, Any]:
-    spec = job.spec
+    """The key's manifest: what the job's declared inputs locked to, never the declarations
+    (``numpy>=2`` keys the numpy it resolved to)."""
+    spec, lock = job.spec, job.lock
+    python: dict[str, Any] = {"only_binary": spec.only_binary, "distributions": []}
+    if lock.python is not None:
+        t = lock.python.target
+        python["target"] = {"python": t.python, "implementation": t.implementation,
+                            "abi": t.abi, "machine": t.machine, "libc": t.libc}
+        python["distributions"] = [
+            {"name": d.name, "version": d.version, "file": d.file, "sha256": d.sha256}
+            for d in lock.python.distributions
+        ]
     return {
         "bake": BUILDER_VERSION,
         "template": {"name": job.template.name, "digest": job.template.digest},
-        "base": job.base_digest,
-        "python": {"requirements": list(spec.requirements), "only_binary": spec.only_binary},
-        "models": [_repo(r) for r in job.models],
-        "datasets": [_repo(r) for r in job.datasets],
+        "base": lock.base_digest,
+        "python": python,
+        "models": [_locked_repo(r) for r in lock.models],
+        "datasets": [_locked_repo(r) for r in lock.datasets],
         "files": {f.dest: {"sha256": digest, "mode": f"{f.mode:o}"}
                   for f, digest in zip(spec.files, job.file_digests, strict=True)},
         "command": list(spec.command),
         "env": dict(spec.env),
+    }
+
+
+def _locked_repo(repo: LockedRepo) -> dict[str, Any]:
+    return {
+        "repo": repo.repo,
+        # The revision stays: the image names it (refs/<revision> in the Hub cache).
+        "revision": repo.revision,
+        "commit": repo.commit,
+        "include": list(repo.include),
+        "exclude": list(repo.exclude),
+        "files": {f.path: f.digest for f in repo.files},
     }
 
 
@@ -83,11 +121,23 @@ def compute_key(job: ResolvedJob) -> ImageKey:
     return ImageKey(digest, manifest)
 
 
-def _repo(resolved: ResolvedRepo) -> dict[str, Any]:
+def explain(job: ResolvedJob, key: ImageKey) -> dict[str, Any]:
+    """What ``bake key --explain`` prints: the key, what the spec declared, the lock's digest
+    and the manifest the key hashes (which holds what the declarations locked to)."""
+    d = job.lock.declared
     return {
-        "repo": resolved.repo.repo,
-        "revision": resolved.repo.revision,
-        "commit": resolved.commit,
-        "include": list(resolved.repo.include),
-        "exclude": list(resolved.repo.exclude),
+        "key": key.digest,
+        "declared": {
+            "base": d.base,
+            "python": {"requirements": list(d.requirements), "only_binary": d.only_binary},
+            "models": [_asked(r) for r in d.models],
+            "datasets": [_asked(r) for r in d.datasets],
+        },
+        "locked": job.lock.digest(),
+        "manifest": key.manifest,
     }
+
+
+def _asked(repo: DeclaredRepo) -> dict[str, Any]:
+    return {"repo": repo.repo, "revision": repo.revision, "include": list(repo.include),
+            "exclude": list(repo.exclude)}

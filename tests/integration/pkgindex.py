@@ -51,26 +51,54 @@ def sdist(folder: Path, name: str, version: str, setup_py: str,
     return target
 
 
-def wheel(folder: Path, name: str, version: str, files: dict[str, str]) -> Path:
-    """Write a pure-Python ``name-version-py3-none-any.whl`` holding ``files``."""
-    dist = f"{name.replace('-', '_')}-{version}"
-    members = {
-        **files,
-        f"{dist}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
-        f"{dist}.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: bake-tests\n"
-                                   "Root-Is-Purelib: true\nTag: py3-none-any\n",
-    }
+def wheel(folder: Path, name: str, version: str, modules: dict[str, str],
+          requires: tuple[str, ...] = ()) -> Path:
+    """Write a pure-Python ``name-version-py3-none-any.whl`` holding ``modules`` into ``folder``."""
+    dist = name.replace("-", "_")
+    info = f"{dist}-{version}.dist-info"
+    files = {path: text.encode() for path, text in modules.items()}
+    files[f"{info}/METADATA"] = (
+        f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+        + "".join(f"Requires-Dist: {r}\n" for r in requires)
+    ).encode()
+    files[f"{info}/WHEEL"] = (
+        b"Wheel-Version: 1.0\nGenerator: bake-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    )
     record = []
-    for member, text in members.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=")
-        record.append(f"{member},sha256={digest.decode()},{len(text.encode())}")
-    record.append(f"{dist}.dist-info/RECORD,,")
-    members[f"{dist}.dist-info/RECORD"] = "\n".join(record) + "\n"
-    target = folder / f"{dist}-py3-none-any.whl"
+    for path, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(data)}")
+    record.append(f"{info}/RECORD,,")
+    files[f"{info}/RECORD"] = ("\n".join(record) + "\n").encode()
+    target = folder / f"{dist}-{version}-py3-none-any.whl"
     with zipfile.ZipFile(target, "w") as zf:
-        for member, text in members.items():
-            zf.writestr(member, text)
+        for path, data in files.items():
+            # A fixed date: the same wheel is the same bytes, run after run.
+            zf.writestr(zipfile.ZipInfo(path, date_time=(2024, 1, 1, 0, 0, 0)), data)
     return target
+
+
+def fetch_tool(folder: Path) -> None:
+    """bake's pinned tool (uv) for this machine, as bake's tool stage installs it from an index."""
+    pin = Path(__file__).resolve().parents[2] / "bake" / "templates" / "_base"
+    line = next(line for line in (pin / "tool-requirements.txt").read_text().splitlines()
+                if line.startswith("uv=="))
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+         "--disable-pip-version-check", "-d", str(folder), line.split()[0]],
+        check=True, capture_output=True,
+    )
+
+
+def fetch_hub_client(folder: Path) -> None:
+    """The fetch stages' pinned Hub client and its dependencies, for this machine's Python (the
+    base image's), as the fetcher stage installs them from the seller's index."""
+    pin = Path(__file__).resolve().parents[2] / "bake" / "templates" / "_base" / "hub-client.txt"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:",
+         "--disable-pip-version-check", "-d", str(folder), "-r", str(pin)],
+        check=True, capture_output=True,
+    )
 
 
 def fetch_build_deps(folder: Path) -> None:
@@ -82,7 +110,8 @@ def fetch_build_deps(folder: Path) -> None:
 
 
 def write_simple_index(files: Path, root: Path, origin: str = "") -> None:
-    """PEP 503: /simple/<normalised name>/ listing that project's files.
+    """PEP 503: /simple/<normalised name>/ listing that project's files, each link with its
+    ``#sha256=`` (as real indexes give it; resolvers put it in their locks).
 
     Links are root-relative (``/files/x``); given the index's ``origin`` they take
     turns being absolute (``http://host:port/files/x``), relative (``../../files/x``)
@@ -101,8 +130,10 @@ def write_simple_index(files: Path, root: Path, origin: str = "") -> None:
     for name, names in projects.items():
         page = simple / name
         page.mkdir(exist_ok=True)
-        links = "".join(f'<a href="{_link(n, origin, i)}">{n}</a>\n'
-                        for i, n in enumerate(names))
+        links = "".join(
+            f'<a href="{_link(n, origin, i)}#sha256='
+            f'{hashlib.sha256((files / n).read_bytes()).hexdigest()}">{n}</a>\n'
+            for i, n in enumerate(names))
         (page / "index.html").write_text(f"<html><body>\n{links}</body></html>\n")
 
 
@@ -162,15 +193,17 @@ class _Handler(SimpleHTTPRequestHandler):
 
 
 @contextmanager
-def serve_index(root: Path, host: str,
-                auth: tuple[str, str] | None = None) -> Iterator[RunningIndex]:
+def serve_index(root: Path, host: str, auth: tuple[str, str] | None = None,
+                port: int = 0) -> Iterator[RunningIndex]:
+    """Serve ``root`` (``simple/`` and ``files/``) on ``host``; ``port`` 0 picks a free one, a
+    port of an earlier run starts the index again where a stopped one was."""
     log: list[str] = []
     seen: list[Seen] = []
     expected = None
     if auth is not None:
         expected = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
     handler = type("Handler", (_Handler,), {"log": log, "seen": seen, "expected": expected})
-    server = ThreadingHTTPServer((host, 0), functools.partial(handler, directory=str(root)))
+    server = ThreadingHTTPServer((host, port), functools.partial(handler, directory=str(root)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     origin = f"http://{host}:{server.server_address[1]}"

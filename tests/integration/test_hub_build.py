@@ -279,8 +279,10 @@ def test_code_only_change_rebuilds_without_refetching(seller: Host, hub: Running
 # -- the key ----------------------------------------------------------------------------------
 
 
-def test_key_follows_the_branch_and_only_when_it_moves(seller: Host, hub: RunningHub,
-                                                       tmp_path: Path) -> None:
+def test_key_follows_the_branch_once_the_lock_is_renewed(seller: Host, hub: RunningHub,
+                                                         tmp_path: Path) -> None:
+    """A branch is locked to its commit (and the commit's files) for build.resolve_ttl, like
+    the requirements; `bake lock --upgrade` (or the TTL passing) follows it."""
     spec = write_job(tmp_path / "moving",
                      f'[[models]]\nrepo = "{MOVING}"\n[job]\ncommand = ["true"]\n')
 
@@ -290,6 +292,8 @@ def test_key_follows_the_branch_and_only_when_it_moves(seller: Host, hub: Runnin
     first = key()
     assert key() == first
     head = hub.commit(MOVING, "main", {"config.json": b'{"v": 2}\n'})
+    assert key() == first  # within the TTL: the resolution stands, the Hub is not asked
+    seller.bake("lock", str(spec), "--upgrade", check=True)
     moved = key()
     assert moved != first
     assert key() == moved

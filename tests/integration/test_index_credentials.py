@@ -30,6 +30,7 @@ from tests.integration.conftest import Host
 from tests.integration.pkgindex import (
     RunningIndex,
     fetch_build_deps,
+    fetch_tool,
     sdist,
     serve_index,
     wheel,
@@ -189,6 +190,7 @@ def mirror(engine: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[R
     files = root / "files"
     files.mkdir()
     fetch_build_deps(files)
+    fetch_tool(files)  # bake's own resolver and installer, as a seller's mirror has it
     sdist(files, "bake-steal", "1.0", SETUP_PY)
     wheel(files, "bake-hello", "1.0", {"bake_hello.py": 'GREETING = "hello from the mirror"\n'})
     wheel(files, "bake-pth-steal", "1.0", {

@@ -77,7 +77,11 @@ def test_build_makes_a_labelled_image(engine: None, built: dict[str, object]) ->
     labels = info["Config"]["Labels"]
     assert labels["bake.key"] == result["key"]
     manifest = json.loads(labels["bake.manifest"])
-    assert manifest["python"]["requirements"] == ["idna==3.10", "six==1.16.0"]
+    # The key hashes what the requirements locked to: each distribution's file and sha256.
+    assert [f"{d['name']}=={d['version']}" for d in manifest["python"]["distributions"]] == \
+        ["idna==3.10", "six==1.16.0"]
+    assert all(len(d["sha256"]) == 64 for d in manifest["python"]["distributions"])
+    assert labels["bake.locked"] == result["locked"]
     # Seller settings never reach the image: no proxy, CA or pip config in env or history.
     config_text = json.dumps(info["Config"])
     assert "39100" not in config_text and "PIP_" not in json.dumps(info["Config"]["Env"])
@@ -125,17 +129,17 @@ def test_run_by_image_uses_the_baked_command(engine: None, built: dict[str, obje
     assert "hello 1.16.0 3.10" in proc.stderr  # with --json the job's stdout goes to stderr
 
 
-def test_failed_setup_leaves_no_image(host: Host, job: Callable[..., Path]) -> None:
+def test_requirements_nothing_satisfies_are_exit_2_before_any_build(
+        host: Host, job: Callable[..., Path]) -> None:
+    """A requirement the index does not have fails the lock stage (uv's own words), before a
+    key exists: exit 2 naming the field, no image, no container.  (A setup that fails on
+    locked bytes is exit 3: tests/integration/test_lock_build.py.)"""
     spec = job(TWO_PACKAGES.replace('"idna==3.10"', '"bake-no-such-package-zzz==1.0"'),
                {"main.py": MAIN})
-    key = host.bake("key", str(spec), check=True).stdout.split()[0]
     proc = host.bake("build", str(spec))
-    assert proc.returncode == 3, proc.stderr
-    assert "setup build failed" in proc.stderr
-    # The error names pip's own complaint, not only BuildKit's "executor failed".
-    assert "No matching distribution found for bake-no-such-package-zzz" in proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert ENGINE.inspect_image(f"bake:{key}") is None
+    assert proc.returncode == 2, proc.stderr
+    assert "python.requirements" in proc.stderr and "bake-no-such-package-zzz" in proc.stderr
+    assert "Traceback" not in proc.stderr and "building" not in proc.stderr
     assert _bake_containers() == []
 
 

@@ -189,7 +189,8 @@ def test_build_pushes_the_image_with_its_key_labels(published: Published,
     assert info is not None
     labels = info["Config"]["Labels"]
     assert labels["bake.key"] == result["key"]
-    assert json.loads(labels["bake.manifest"])["python"]["requirements"] == ["six==1.16.0"]
+    assert [(d["name"], d["version"]) for d in
+            json.loads(labels["bake.manifest"])["python"]["distributions"]] == [("six", "1.16.0")]
 
 
 def test_without_the_local_image_build_pulls_and_runs(published: Published,
@@ -231,7 +232,8 @@ def test_second_engine_pulls_instead_of_building(published: Published, seller: M
     info = _inspect(published.image, host=second_engine)
     assert info is not None
     assert info["Config"]["Labels"]["bake.key"] == digest.strip()
-    assert json.loads(info["Config"]["Labels"]["bake.manifest"]) == json.loads(manifest)
+    assert json.loads(info["Config"]["Labels"]["bake.manifest"]) == \
+        json.loads(manifest)["manifest"]
 
 
 # --- prebake ----------------------------------------------------------------------------------

@@ -25,13 +25,14 @@ from bake.builder.render import render
 from bake.cache.key import compute_key
 from bake.engine import Engine
 from bake.errors import ConfigError, SpecError
-from bake.job import ResolvedJob, ResolvedRepo
+from bake.job import ResolvedJob
 from bake.lookup import Lookup
 from bake.pipeline import JobPlan, plan_job
 from bake.resolve import resolve
 from bake.settings import BuildSettings, EgressSettings, HostEnv, Settings
-from bake.spec import HubRepo, JobSpec, parse_spec
+from bake.spec import JobSpec, parse_spec
 from bake.templates import BUILTIN_DIR, list_templates
+from tests.unit.helpers import lock_job
 from tests.unit.spec_strategies import make_job_root, spec_data
 
 # Any base passes the seller's patterns here: what the base may be is resolve's
@@ -91,13 +92,10 @@ def benign_spec(folder: Path, *, template: str, models: int, datasets: int,
 
 
 def resolved(spec: JobSpec, commit: str = "c" * 40) -> ResolvedJob:
-    """Resolve without an engine or a Hub: a fixed base digest and a fixed commit per repo."""
-    bare = dataclasses.replace(spec, models=(), datasets=())
-    job = resolve(bare, ANY_BASE, base_lookup=lambda ref: (ref, DIGEST))
-    return dataclasses.replace(
-        job, spec=spec,
-        models=tuple(ResolvedRepo(r, commit) for r in spec.models),
-        datasets=tuple(ResolvedRepo(r, commit) for r in spec.datasets))
+    """Resolve and lock without an engine, an index or a Hub: a fixed base digest, each
+    requirement to one wheel, a fixed commit per repo."""
+    return lock_job(resolve(spec, ANY_BASE, base_lookup=lambda ref: (ref, DIGEST)),
+                    commit=commit)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,11 +149,14 @@ def check_dockerfile(dockerfile: str, base_from: str) -> None:
             assert "--network" not in step.text and "--security" not in step.text, step.text
             for mount in MOUNT.findall(step.text):
                 options = dict(part.split("=", 1) for part in mount.split(","))
-                # Only the build's own context files and secrets: no cache mount (one job
-                # could plant files in it for the next), no ssh agent, no outside image.
-                assert options["type"] in ("bind", "secret"), mount
-                if options["type"] == "bind":
-                    assert options["source"].startswith("bake/") and "from" not in options
+                # Only the build's own context files, its own earlier stages (bake's tool
+                # venv), a private tmpfs and secrets: no cache mount (one job could plant
+                # files in it for the next), no ssh agent, no outside image.
+                assert options["type"] in ("bind", "secret", "tmpfs"), mount
+                if options["type"] == "bind" and "from" in options:
+                    assert options["from"] in stages, f"a mount from outside: {mount}"
+                elif options["type"] == "bind":
+                    assert options["source"].startswith("bake/"), mount
         if step.keyword == "COPY":
             for flag in (w for w in words[1:] if w.startswith("--")):
                 assert flag.startswith(("--from=", "--chown=", "--chmod=")), flag
@@ -242,10 +243,10 @@ VALUE_OPTIONS = {
     "--iidfile": re.compile(r"/w/iid"),
     "--build-arg": re.compile("(" + "|".join(PROXY_ARGS) + r")=(http://172\.17\.0\.1:39100)?"
                               r"|BUILDKIT_INLINE_CACHE=1"),
-    "--label": re.compile(r"(bake\.key|bake\.manifest|bake\.template|"
+    "--label": re.compile(r"(bake\.key|bake\.manifest|bake\.locked|bake\.template|"
                           r"org\.opencontainers\.image\.(title|base\.name|base\.digest))=.*",
                           re.DOTALL),
-    "--secret": re.compile(r"id=(bake_pip|bake_hf_endpoint|hf_token),src=/w/secrets/\1"
+    "--secret": re.compile(r"id=(bake_pip|bake_index|bake_hf_endpoint|hf_token),src=/w/secrets/\1"
                            rf"|id=bake_ca,src={CA}"),
     # Only a deps twin of bake's own, by key.
     "--cache-from": re.compile(r"bake:[0-9a-f]{64}"),
@@ -363,9 +364,11 @@ def test_hub_ids_in_the_dockerfile_are_only_validated_words(tmp_path: Path) -> N
     job = resolved(hostile_spec(tmp_path, template="python", models=2, datasets=1,
                                 requirements=False, only_binary=True))
     dockerfile = render(job, ca_bundle=False).dockerfile
-    for repo in (*job.models, *job.datasets):
-        assert isinstance(repo.repo, HubRepo)
-        assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/-]*", repo.repo.repo)
+    # The lock's repo ids are the spec's (a lock that differs from its spec is refused).
+    assert [r.repo for r in job.hub_repos] == [r.repo for r in (*job.spec.models,
+                                                                *job.spec.datasets)]
+    for repo in job.hub_repos:
+        assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/-]*", repo.repo)
     assert HOSTILE_BASE in dockerfile
 
 

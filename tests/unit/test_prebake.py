@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from bake.cache.key import compute_key
-from bake.job import ResolvedJob
-from bake.prebake import PREBAKE_COMMAND, deps_twin, variant_spec
-from bake.spec import JobFile, parse_spec
+from bake.job import PinnedJob, ResolvedJob
+from bake.prebake import PREBAKE_COMMAND, deps_twin, twin_job, variant_spec
+from bake.spec import JobFile, JobSpec, parse_spec
 from bake.templates import Template, Variant
+from tests.unit.helpers import lock_job
 
 
 def _template(tmp_path: Path) -> Template:
@@ -17,11 +18,11 @@ def _template(tmp_path: Path) -> Template:
                     variants=(Variant("sci", None, ("numpy==2.1.3", "six==1.16.0")),))
 
 
-def _resolved(spec: object, template: Template) -> ResolvedJob:
-    return ResolvedJob(spec=spec, template=template, base_ref="python:3.11-slim",  # type: ignore[arg-type]
+def _resolved(spec: JobSpec, template: Template) -> ResolvedJob:
+    pinned = PinnedJob(spec=spec, template=template, base_ref="python:3.11-slim",
                        base_from="python:3.11-slim", base_digest="sha256:" + "2" * 64,
-                       models=(), datasets=(),
-                       file_digests=tuple("3" * 64 for _ in spec.files))  # type: ignore[attr-defined]
+                       file_digests=tuple("3" * 64 for _ in spec.files))
+    return lock_job(pinned)
 
 
 def test_variant_spec_is_a_checked_synthetic_job(tmp_path: Path) -> None:
@@ -50,3 +51,7 @@ def test_a_jobs_deps_twin_has_the_variants_key(tmp_path: Path) -> None:
     assert compute_key(_resolved(twin, template)) == compute_key(_resolved(variant, template))
     assert compute_key(_resolved(job, template)) != compute_key(_resolved(variant, template))
     assert deps_twin(variant) is None  # a variant is its own twin: no --cache-from of itself
+    # The pipeline's twin of the locked job (its lock's Python half) keys as the variant.
+    twin_of_job = twin_job(_resolved(job, template))
+    assert twin_of_job is not None
+    assert compute_key(twin_of_job) == compute_key(_resolved(variant, template))

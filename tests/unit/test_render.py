@@ -6,6 +6,8 @@ Regenerate the golden files after an intended template change with
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 from pathlib import Path
 
@@ -13,11 +15,8 @@ import pytest
 
 from bake.builder.render import render
 from bake.job import ResolvedJob
-from bake.resolve import resolve
-from bake.settings import Settings
-from bake.spec import HubRepo, load_spec
 from tests.conftest import write_job
-from tests.unit.helpers import fixed_base, resolved
+from tests.unit.helpers import resolved
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -67,20 +66,17 @@ command = ["python", "-c", "print(1)"]
 }
 
 
-class FakeHub:
-    """Every branch or tag points at a commit made of the repo's name; every pattern matches."""
-
-    def resolve_revision(self, repo: HubRepo) -> str:
-        import hashlib
-
-        return hashlib.sha1(f"{repo.repo}@{repo.revision}".encode()).hexdigest()
-
-    def list_files(self, repo: HubRepo, commit: str) -> list[str]:
-        return ["config.json"]
-
-
 def hub_resolved(spec_path: Path) -> ResolvedJob:
-    return resolve(load_spec(spec_path), Settings(), base_lookup=fixed_base, hub=FakeHub())
+    """Locked as the resolvers would: an sdist where the spec allows one (as a resolver might
+    pick for a project with no wheel)."""
+    job = resolved(spec_path)
+    if job.spec.only_binary or job.lock.python is None:
+        return job
+    six = job.lock.python.distributions[0]
+    sdist = dataclasses.replace(six, file="six-1.16.0.tar.gz",
+                                url=six.url.rsplit("/", 1)[0] + "/six-1.16.0.tar.gz")
+    python = dataclasses.replace(job.lock.python, distributions=(sdist,))
+    return job.locked(dataclasses.replace(job.lock, python=python))
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -95,7 +91,7 @@ def test_golden_dockerfile(tmp_path: Path, name: str) -> None:
 
 
 def test_dockerfile_targets_the_builtin_frontend(tmp_path: Path) -> None:
-    job = resolved(write_job(tmp_path, CASES["python-ca-sdist"][0]))
+    job = hub_resolved(write_job(tmp_path, CASES["python-ca-sdist"][0]))
     dockerfile = render(job, ca_bundle=True).dockerfile
     assert "# syntax" not in dockerfile  # would pull a frontend image from a registry
     assert "<<" not in dockerfile  # heredocs: not in Engine 20.10's frontend
@@ -103,12 +99,18 @@ def test_dockerfile_targets_the_builtin_frontend(tmp_path: Path) -> None:
     assert "type=cache" not in dockerfile  # shared caches let one job plant files for another
 
 
-def test_requirements_travel_as_a_file_not_as_dockerfile_text(tmp_path: Path) -> None:
+def test_the_lock_travels_as_files_not_as_dockerfile_text(tmp_path: Path) -> None:
     job = resolved(write_job(tmp_path, CASES["python-requirements"][0], {"main.py": "x"}))
     context = render(job, ca_bundle=False)
     assert "six" not in context.dockerfile
     files = {f.path: f for f in context.files}
-    assert files["bake/requirements.txt"].data == b"six==1.16.0\n"
+    (six,) = job.lock.distributions
+    # Exactly the locked file, by name, version and hash (uv --require-hashes --no-deps) ...
+    assert files["bake/install/requirements.txt"].data == (
+        f"six==1.16.0 --hash=sha256:{six.sha256}\n".encode())
+    # ... fetched by its locked URL and checked by wheelfetch.py.
+    assert json.loads(files["bake/install/files.json"].data or b"") == [
+        {"file": six.file, "url": six.url, "sha256": six.sha256}]
 
 
 def test_context_holds_exactly_the_declared_files(tmp_path: Path) -> None:
@@ -117,7 +119,8 @@ def test_context_holds_exactly_the_declared_files(tmp_path: Path) -> None:
     context = render(resolved(spec_path), ca_bundle=False)
     out = context.write(tmp_path / "ctx")
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    assert written == ["Dockerfile", "bake/requirements.txt", "job/main.py"]
+    assert written == ["Dockerfile", "bake/install/files.json", "bake/install/requirements.txt",
+                       "bake/install/wheelfetch.py", "bake/tool-requirements.txt", "job/main.py"]
 
 
 def test_rendering_is_deterministic(tmp_path: Path) -> None:
@@ -149,7 +152,7 @@ def test_each_repo_is_fetched_in_its_own_stage_and_copied_as_its_own_layer(
     job = _hub_job(tmp_path)
     dockerfile = render(job, ca_bundle=False).dockerfile
     stages = _stages(dockerfile)
-    assert list(stages) == ["deps", "fetcher", "hub-0", "hub-1", "job"]
+    assert list(stages) == ["bake-tool", "deps", "fetcher", "hub-0", "hub-1", "job"]
     job_stage = stages["job"].splitlines()
     copies = [i for i, line in enumerate(job_stage) if line.startswith("COPY --from=hub-")]
     job_files = job_stage.index("COPY job/ /job/")
@@ -160,7 +163,7 @@ def test_each_repo_is_fetched_in_its_own_stage_and_copied_as_its_own_layer(
     assert "ENV HF_HOME=/opt/hf" in stages["job"] and "HF_HUB_OFFLINE=1" in stages["job"]
     assert "TRANSFORMERS_OFFLINE=1" in stages["job"]
     for i, repo in enumerate(job.hub_repos):
-        assert (f"# {repo.repo.kind} {repo.repo.repo} @ {repo.commit}\nFROM fetcher AS hub-{i}\n"
+        assert (f"# {repo.kind} {repo.repo} @ {repo.commit}\nFROM fetcher AS hub-{i}\n"
                 in dockerfile)
         assert f"hubfetch.py fetch /opt/bake/hub/{i}.json" in stages[f"hub-{i}"]
 
@@ -193,12 +196,11 @@ def test_spec_values_reach_the_dockerfile_only_as_validated_words(tmp_path: Path
     for text in ("*.json", "*.safetensors", "data/validation.csv", "v1.0"):
         assert text not in context.dockerfile
     files = {f.path: f for f in context.files}
-    import json
-
     doc = json.loads(files["bake/hub/1.json"].data or b"")
     assert doc == {"kind": "dataset", "repo": "bake-demo/tiny-reviews",
                    "commit": job.datasets[0].commit, "revision": "v1.0",
-                   "include": ["data/validation.csv"], "exclude": []}
+                   "include": ["data/validation.csv"], "exclude": [],
+                   "files": [{"path": "config.json", "size": 2, "blob": "a" * 40}]}
 
 
 def test_hub_context_holds_the_client_pin_the_script_and_one_spec_per_repo(
@@ -207,7 +209,9 @@ def test_hub_context_holds_the_client_pin_the_script_and_one_spec_per_repo(
     out = context.write(tmp_path / "ctx")
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert written == ["Dockerfile", "bake/hub-client.txt", "bake/hub/0.json", "bake/hub/1.json",
-                       "bake/hubfetch.py", "bake/requirements.txt", "job/main.py"]
+                       "bake/hubfetch.py", "bake/install/files.json",
+                       "bake/install/requirements.txt", "bake/install/wheelfetch.py",
+                       "bake/tool-requirements.txt", "job/main.py"]
     pins = [line for line in (out / "bake/hub-client.txt").read_text().splitlines()
             if line and not line.startswith("#")]
     assert pins and all(line.startswith("huggingface_hub==") for line in pins)

@@ -1,7 +1,8 @@
-"""resolve.py's Hub part: branches pinned, patterns checked at key time, errors exit 2.
+"""The lock stage's Hub part: branches pinned, patterns checked at key time, errors exit 2.
 
-Against tests/hubserver.py on loopback with the real client (what ``bake key`` does),
-and with a fake Hub for what resolve asks of it.
+Against tests/hubserver.py on loopback with the real client (the pipeline's Hub resolver,
+:func:`bake.lock.locking.hub_locker`, what ``bake key`` does), and with fake resolvers for
+what the lock stage asks of them.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ import pytest
 
 from bake.cache.key import compute_key
 from bake.errors import HubError
-from bake.resolve import ClientHub, resolve
+from bake.job import ResolvedJob
+from bake.lock.format import DeclaredRepo, LockedFile, LockedRepo, PythonLock, PythonRequest
+from bake.lock.locking import Resolvers, hub_locker, lock_for
+from bake.resolve import resolve
 from bake.settings import BuildSettings, HostEnv, Settings, load_settings
-from bake.spec import HubRepo, load_spec
+from bake.spec import load_spec
 from tests.conftest import write_job
 from tests.unit.helpers import fixed_base
 
@@ -49,10 +53,17 @@ def _spec(tmp_path: Path, tail: str) -> Path:
     return write_job(tmp_path / "job", f'[job]\ncommand = ["python", "-c", "1"]\n{tail}')
 
 
-def _resolve(spec: Path, hub: RunningHub, token: str = ""):  # type: ignore[no-untyped-def]
-    settings = Settings(build=BuildSettings(hf_endpoint=hub.endpoint),
+def _no_index(request: PythonRequest) -> PythonLock:
+    raise AssertionError("these specs have no requirements")
+
+
+def _resolve(spec: Path, hub: RunningHub, token: str = "") -> ResolvedJob:
+    # resolve_ttl = 0: every lock asks the Hub again, as a cache miss does.
+    settings = Settings(build=BuildSettings(hf_endpoint=hub.endpoint, resolve_ttl=0.0),
                         env=HostEnv(hf_token=token))
-    return resolve(load_spec(spec), settings, base_lookup=fixed_base)
+    pinned = resolve(load_spec(spec), settings, base_lookup=fixed_base)
+    return pinned.locked(lock_for(pinned, settings,
+                                  resolvers=Resolvers(_no_index, hub_locker(settings))).lock)
 
 
 def test_branch_and_tag_are_pinned_to_the_commit(tmp_path: Path, hub: RunningHub) -> None:
@@ -109,12 +120,11 @@ def test_gated_repo_needs_the_token_and_the_token_is_used(tmp_path: Path,
         time.sleep(0.01)
 
 
-def test_client_hub_takes_endpoint_from_settings_and_token_from_the_environment() -> None:
+def test_the_hub_resolver_takes_endpoint_from_settings_and_token_from_the_environment() -> None:
     settings = load_settings(None, environ={"HF_TOKEN": TOKEN,
                                             "BAKE_BUILD_HF_ENDPOINT": "http://h:1"})
-    client = ClientHub.from_settings(settings)
-    assert client.endpoint == "http://h:1" and client.token == TOKEN
-    assert TOKEN not in repr(client) and TOKEN not in repr(settings)
+    assert settings.hub_endpoint == "http://h:1" and settings.env.hf_token == TOKEN
+    assert TOKEN not in repr(settings)
     assert settings.env.sources["hf_token"] == "env HF_TOKEN"
 
 
@@ -122,26 +132,29 @@ class RecordingHub:
     def __init__(self) -> None:
         self.calls: list[tuple[str, str, str]] = []
 
-    def resolve_revision(self, repo: HubRepo) -> str:
-        self.calls.append(("resolve", repo.repo, repo.revision))
-        return "c" * 40
-
-    def list_files(self, repo: HubRepo, commit: str) -> list[str]:
-        self.calls.append(("list", repo.repo, commit))
-        return ["config.json"]
+    def __call__(self, asked: DeclaredRepo) -> LockedRepo:
+        self.calls.append((asked.kind, asked.repo, asked.revision))
+        return LockedRepo(asked.kind, asked.repo, asked.revision, "c" * 40, asked.include,
+                          asked.exclude, (LockedFile("config.json", 2, blob="a" * 40),))
 
 
-def test_resolve_lists_each_repo_at_its_pinned_commit(tmp_path: Path) -> None:
+def _lock_with(spec: Path, fake: RecordingHub) -> ResolvedJob:
+    pinned = resolve(load_spec(spec), Settings(), base_lookup=fixed_base)
+    return pinned.locked(lock_for(pinned, Settings(),
+                                  resolvers=Resolvers(_no_index, fake)).lock)
+
+
+def test_the_lock_stage_asks_the_hub_once_per_repo(tmp_path: Path) -> None:
     spec = _spec(tmp_path, '[[models]]\nrepo = "org/a"\n[[datasets]]\nrepo = "org/b"\n')
     fake = RecordingHub()
-    resolve(load_spec(spec), Settings(), base_lookup=fixed_base, hub=fake)
-    assert fake.calls == [("resolve", "org/a", "main"), ("list", "org/a", "c" * 40),
-                          ("resolve", "org/b", "main"), ("list", "org/b", "c" * 40)]
+    job = _lock_with(spec, fake)
+    assert fake.calls == [("model", "org/a", "main"), ("dataset", "org/b", "main")]
+    assert [r.commit for r in job.hub_repos] == ["c" * 40] * 2
 
 
 def test_no_hub_is_asked_when_the_job_names_no_repo(tmp_path: Path) -> None:
     fake = RecordingHub()
-    resolve(load_spec(_spec(tmp_path, "")), Settings(), base_lookup=fixed_base, hub=fake)
+    _lock_with(_spec(tmp_path, ""), fake)
     assert fake.calls == []
 
 

@@ -20,9 +20,9 @@ from bake.runner import (
     self_check_plan,
 )
 from bake.settings import Settings
-from bake.spec import HubRepo, RunLimits, load_spec
+from bake.spec import RunLimits, load_spec
 from tests.conftest import write_job
-from tests.unit.helpers import fixed_base
+from tests.unit.helpers import fixed_base, lock_job
 
 
 @pytest.mark.parametrize(("image_user", "expected"), [
@@ -192,18 +192,10 @@ def test_a_container_whose_create_was_interrupted_is_still_removed() -> None:
     assert engine.lookups == 3 and engine.made == set()  # found on the third look, removed
 
 
-class OneCommitHub:
-    def resolve_revision(self, repo: HubRepo) -> str:
-        return "a" * 40
-
-    def list_files(self, repo: HubRepo, commit: str) -> list[str]:
-        return ["config.json"]
-
-
 def test_check_runs_the_jobs_python_on_every_repo_offline(tmp_path: Path) -> None:
     spec = write_job(tmp_path, '[[models]]\nrepo = "o/m"\n[[datasets]]\nrepo = "o/d"\n'
                                '[job]\ncommand = ["python", "-c", "1"]\nenv = { X = "1" }\n')
-    job = resolve(load_spec(spec), Settings(), base_lookup=fixed_base, hub=OneCommitHub())
+    job = lock_job(resolve(load_spec(spec), Settings(), base_lookup=fixed_base))
     plan = self_check_plan("sha256:" + "f" * 64, job)
     # The job's venv python (its own huggingface_hub when it has one), never the fetch client.
     assert plan.command == ("/opt/venv/bin/python", "/opt/bake/hubfetch.py", "check",

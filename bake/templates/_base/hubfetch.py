@@ -9,7 +9,14 @@ SPEC.json (written by bake; unknown keys are refused)::
     {"kind": "model" | "dataset", "repo": "org/name",
      "revision": "main",           # what the job spec said: a branch, a tag or a commit
      "commit": "<40 hex>",         # what bake pinned it to at key time
-     "include": ["*.json"], "exclude": []}
+     "include": ["*.json"], "exclude": []},
+     "files": [{"path": "config.json", "size": 512, "blob": "<40 hex>"},       # from bake.lock
+               {"path": "model.safetensors", "size": 9, "sha256": "<64 hex>"}]}
+
+With ``files`` (a locked fetch) exactly those files are downloaded, by path at the commit, with no
+listing, and each one's bytes are checked against its digest (sha256 for Git LFS files, the git
+blob id otherwise) before the step ends: a mismatch fails the step naming the file, the expected
+and the received digest, so no layer is made of other bytes than the lock's.
 
 Where things come from (never from argv, and the token is never printed):
 
@@ -50,7 +57,8 @@ MANIFEST_DIR = ".bake-fetch"
 
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 _REPO = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
-_SPEC_KEYS = {"kind", "repo", "revision", "commit", "include", "exclude"}
+_SPEC_KEYS = {"kind", "repo", "revision", "commit", "include", "exclude", "files"}
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 # Leftovers of the client's downloads and atomic writes, per folder of a repo's cache: partial
 # blobs and its umask probe "tmp_<uuid>", refs' "<ref>.<8 hex>.tmp".
 _LEFTOVERS = {
@@ -72,6 +80,18 @@ class Usage(Failed):
 
 
 @dataclass(frozen=True)
+class LockedFile:
+    path: str
+    size: int
+    sha256: str | None  # Git LFS files
+    blob: str | None  # the others: git blob id
+
+    @property
+    def expected(self) -> str:
+        return f"sha256:{self.sha256}" if self.sha256 else f"git-blob:{self.blob}"
+
+
+@dataclass(frozen=True)
 class Spec:
     kind: str
     repo: str
@@ -79,6 +99,7 @@ class Spec:
     commit: str
     include: tuple[str, ...]
     exclude: tuple[str, ...]
+    files: tuple[LockedFile, ...] = ()  # empty: not locked, select by the patterns
 
     @property
     def label(self) -> str:
@@ -126,7 +147,30 @@ def load_spec(path: str) -> Spec:
     for name, value in (("include", include), ("exclude", exclude)):
         if not isinstance(value, list) or not all(isinstance(p, str) and p for p in value):
             raise Usage(f"{path}: {name} must be a list of patterns")
-    return Spec(kind, repo, revision, commit, tuple(include), tuple(exclude))
+    files = _load_files(path, doc.get("files", []))
+    return Spec(kind, repo, revision, commit, tuple(include), tuple(exclude), files)
+
+
+def _load_files(where: str, value: Any) -> tuple[LockedFile, ...]:
+    if not isinstance(value, list):
+        raise Usage(f"{where}: files must be a list")
+    out: dict[str, LockedFile] = {}
+    for item in value:
+        if not isinstance(item, dict) or set(item) - {"path", "size", "sha256", "blob"}:
+            raise Usage(f"{where}: a file is {{path, size, sha256 | blob}}, not {item!r}")
+        path, size = item.get("path"), item.get("size")
+        sha, blob = item.get("sha256"), item.get("blob")
+        if not isinstance(path, str) or not _safe_ref(path) or path in out:
+            raise Usage(f"{where}: file path {path!r} is not a new path inside the repo")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise Usage(f"{where}: file '{path}' needs a size in bytes")
+        if (sha is None) == (blob is None) or not (
+            (isinstance(sha, str) and _HEX64.fullmatch(sha))
+            or (isinstance(blob, str) and _COMMIT.fullmatch(blob))
+        ):
+            raise Usage(f"{where}: file '{path}' needs a sha256 (64 hex) or a blob (40 hex)")
+        out[path] = LockedFile(path, size, sha, blob)
+    return tuple(out[p] for p in sorted(out))
 
 
 def _safe_ref(revision: str) -> bool:
@@ -222,6 +266,9 @@ def fetch(spec_path: str) -> None:
 
 
 def _fetch(spec: Spec, cache_dir: str, token: str | None) -> None:
+    if spec.files:
+        _fetch_locked(spec, cache_dir, token)
+        return
     from huggingface_hub import HfApi, snapshot_download
 
     started = time.monotonic()
@@ -265,6 +312,62 @@ def _fetch(spec: Spec, cache_dir: str, token: str | None) -> None:
     normalize(cache_dir, storage)
     took = time.monotonic() - started
     say(f"{spec.label}: done, {_files(len(selected))}, {_mb(total)} in {took:.1f} s")
+
+
+def _fetch_locked(spec: Spec, cache_dir: str, token: str | None) -> None:
+    """Exactly the locked files, by path at the commit; each checked against its digest."""
+    from huggingface_hub import hf_hub_download
+
+    started = time.monotonic()
+    sizes = {f.path: f.size for f in spec.files}
+    total = sum(sizes.values())
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    say(f"{spec.label}: {_files(len(sizes))}, {_mb(total)} to fetch from {endpoint} (locked)"
+        + (" (with token)" if token else ""))
+    storage = os.path.join(cache_dir, spec.folder)
+    snapshot = os.path.join(storage, "snapshots", spec.commit)
+    progress = Progress(spec, snapshot, os.path.join(storage, "blobs"), sizes)
+    progress.start()
+    try:
+        for locked in spec.files:
+            hf_hub_download(
+                spec.repo,
+                locked.path,
+                repo_type=spec.kind,
+                revision=spec.commit,
+                cache_dir=cache_dir,
+                token=token or False,
+            )
+    finally:
+        progress.stop()
+    for locked in spec.files:
+        verify(spec, snapshot, locked)
+    if spec.named_revision:
+        write_ref(storage, spec.named_revision, spec.commit)
+    write_manifest(storage, spec, sizes)
+    normalize(cache_dir, storage)
+    took = time.monotonic() - started
+    say(f"{spec.label}: done, {_files(len(sizes))} checked against bake.lock, "
+        f"{_mb(total)} in {took:.1f} s")
+
+
+def verify(spec: Spec, snapshot: str, locked: LockedFile) -> None:
+    """The fetched file holds the locked bytes, or the step fails naming both digests."""
+    local = os.path.join(snapshot, *locked.path.split("/"))
+    if not os.path.isfile(local):
+        raise Failed(f"{spec.label}: '{locked.path}' is missing after the download")
+    size = os.path.getsize(local)
+    digest = hashlib.sha256() if locked.sha256 else hashlib.sha1(b"blob %d\0" % size)
+    with open(local, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    kind = "sha256" if locked.sha256 else "git-blob"
+    received = f"{kind}:{digest.hexdigest()}"
+    if received != locked.expected or size != locked.size:
+        raise Failed(
+            f"{spec.label}: '{locked.path}' does not match bake.lock: expected "
+            f"{locked.expected} ({locked.size} bytes), received {received} ({size} bytes)"
+        )
 
 
 def list_files(api: Any, spec: Spec, token: str | None) -> dict[str, int]:

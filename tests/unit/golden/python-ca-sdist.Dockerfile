@@ -1,13 +1,31 @@
-FROM python:3.11-slim AS deps
-# One layer: the virtual env and the job's requirements.  No pip cache mount:
-# a cache shared between jobs would let one job plant files for another.
-RUN --mount=type=bind,source=bake/requirements.txt,target=/tmp/bake/requirements.txt \
+FROM python:3.11-slim AS bake-tool
+RUN --mount=type=bind,source=bake/tool-requirements.txt,target=/tmp/bake/tool-requirements.txt \
     --mount=type=secret,id=bake_pip,target=/run/secrets/bake_pip,required=true \
     --mount=type=secret,id=bake_ca,target=/run/secrets/bake_ca,required=true \
-    python3 -m venv /opt/venv \
- && PIP_CONFIG_FILE=/run/secrets/bake_pip /opt/venv/bin/pip install \
-      --no-input --disable-pip-version-check --no-cache-dir \
-      -r /tmp/bake/requirements.txt
+    python3 -m venv /opt/bake/tool \
+ && PIP_CONFIG_FILE=/run/secrets/bake_pip /opt/bake/tool/bin/pip install \
+      --no-input --disable-pip-version-check --no-cache-dir --only-binary=:all: \
+      --require-hashes --no-deps -r /tmp/bake/tool-requirements.txt
+
+FROM python:3.11-slim AS deps
+# One layer: the virtual env and exactly the locked files (bake.lock).  wheelfetch.py
+# fetches each locked file by its URL through the proxy, checks its sha256 and logs
+# it (the build's log reconciles with the lock); bake's uv installs them from that
+# folder with --require-hashes --no-deps: no resolution, no other bytes.  The tool
+# venv is mounted read-only, never copied in; the fetched files stay in a tmpfs.
+RUN --mount=type=bind,from=bake-tool,source=/opt/bake/tool,target=/opt/bake/tool \
+    --mount=type=bind,source=bake/install,target=/tmp/bake/install \
+    --mount=type=tmpfs,target=/tmp/bake/wheels \
+    --mount=type=secret,id=bake_index,target=/run/secrets/bake_index,required=true \
+    --mount=type=secret,id=bake_ca,target=/run/secrets/bake_ca,required=true \
+    SSL_CERT_FILE=/run/secrets/bake_ca python3 /tmp/bake/install/wheelfetch.py \
+      /tmp/bake/install/files.json /tmp/bake/wheels \
+ && python3 -m venv /opt/venv \
+ && UV_INDEX_URL="$(cat /run/secrets/bake_index)" UV_NO_CACHE=1 UV_NO_CONFIG=1 \
+    UV_PYTHON_DOWNLOADS=never SSL_CERT_FILE=/run/secrets/bake_ca \
+    /opt/bake/tool/bin/uv pip install --python /opt/venv/bin/python --no-deps \
+      --require-hashes --find-links /tmp/bake/wheels --compile-bytecode \
+      -r /tmp/bake/install/requirements.txt
 
 FROM deps AS job
 COPY job/ /job/

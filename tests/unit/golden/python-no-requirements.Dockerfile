@@ -1,9 +1,6 @@
 FROM python:3.11-slim AS deps
-# One layer: the virtual env and the job's requirements.  No pip cache mount:
-# a cache shared between jobs would let one job plant files for another.
-RUN --mount=type=bind,source=bake/requirements.txt,target=/tmp/bake/requirements.txt \
-    --mount=type=secret,id=bake_pip,target=/run/secrets/bake_pip,required=true \
-    python3 -m venv /opt/venv
+RUN python3 -m venv /opt/venv
+
 
 FROM deps AS job
 COPY job/ /job/

@@ -1,10 +1,6 @@
 FROM python:3.11-slim AS deps
-# One layer: the virtual env and the job's requirements.  No pip cache mount:
-# a cache shared between jobs would let one job plant files for another.
-RUN --mount=type=bind,source=bake/requirements.txt,target=/tmp/bake/requirements.txt \
-    --mount=type=secret,id=bake_pip,target=/run/secrets/bake_pip,required=true \
-    --mount=type=secret,id=bake_ca,target=/run/secrets/bake_ca,required=true \
-    python3 -m venv /opt/venv
+RUN python3 -m venv /opt/venv
+
 
 # The Hub client, pinned, in a venv of its own that never reaches the job's image.
 # The fetch stages see no buyer input (no requirements, no job files), so the Hub
@@ -23,7 +19,7 @@ RUN --mount=type=bind,source=bake/hub-client.txt,target=/tmp/bake/hub-client.txt
 # above it), so the layer that COPY makes of it is byte-identical in every job
 # that bakes this repo at this commit with these patterns.
 
-# model org/gated @ 740b139089c0a93f760e58a6790a163def0ee7ec
+# model org/gated @ cccccccccccccccccccccccccccccccccccccccc
 FROM fetcher AS hub-0
 RUN --mount=type=bind,source=bake/hubfetch.py,target=/opt/bake/hubfetch.py \
     --mount=type=bind,source=bake/hub/0.json,target=/opt/bake/hub/0.json \

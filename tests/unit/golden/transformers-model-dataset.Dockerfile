@@ -1,12 +1,27 @@
-FROM python:3.11-slim AS deps
-# One layer: the virtual env and the job's requirements.  No pip cache mount:
-# a cache shared between jobs would let one job plant files for another.
-RUN --mount=type=bind,source=bake/requirements.txt,target=/tmp/bake/requirements.txt \
+FROM python:3.11-slim AS bake-tool
+RUN --mount=type=bind,source=bake/tool-requirements.txt,target=/tmp/bake/tool-requirements.txt \
     --mount=type=secret,id=bake_pip,target=/run/secrets/bake_pip,required=true \
-    python3 -m venv /opt/venv \
- && PIP_CONFIG_FILE=/run/secrets/bake_pip /opt/venv/bin/pip install \
+    python3 -m venv /opt/bake/tool \
+ && PIP_CONFIG_FILE=/run/secrets/bake_pip /opt/bake/tool/bin/pip install \
       --no-input --disable-pip-version-check --no-cache-dir --only-binary=:all: \
-      -r /tmp/bake/requirements.txt
+      --require-hashes --no-deps -r /tmp/bake/tool-requirements.txt
+
+FROM python:3.11-slim AS deps
+# One layer: the virtual env and exactly the locked files (bake.lock).  wheelfetch.py
+# fetches each locked file by its URL through the proxy, checks its sha256 and logs
+# it (the build's log reconciles with the lock); bake's uv installs them from that
+# folder with --require-hashes --no-deps: no resolution, no other bytes.  The tool
+# venv is mounted read-only, never copied in; the fetched files stay in a tmpfs.
+RUN --mount=type=bind,from=bake-tool,source=/opt/bake/tool,target=/opt/bake/tool \
+    --mount=type=bind,source=bake/install,target=/tmp/bake/install \
+    --mount=type=tmpfs,target=/tmp/bake/wheels \
+    python3 /tmp/bake/install/wheelfetch.py \
+      /tmp/bake/install/files.json /tmp/bake/wheels \
+ && python3 -m venv /opt/venv \
+ && UV_NO_CACHE=1 UV_NO_CONFIG=1 UV_PYTHON_DOWNLOADS=never \
+    /opt/bake/tool/bin/uv pip install --python /opt/venv/bin/python --no-deps \
+      --require-hashes --offline --no-index --find-links /tmp/bake/wheels \
+      --only-binary :all: --compile-bytecode -r /tmp/bake/install/requirements.txt
 
 # The Hub client, pinned, in a venv of its own that never reaches the job's image.
 # The fetch stages see no buyer input (no requirements, no job files), so the Hub
@@ -24,7 +39,7 @@ RUN --mount=type=bind,source=bake/hub-client.txt,target=/tmp/bake/hub-client.txt
 # above it), so the layer that COPY makes of it is byte-identical in every job
 # that bakes this repo at this commit with these patterns.
 
-# model bake-demo/tiny-sentiment @ f94df4ffe44e106e571cb7b4a9538d018e30d634
+# model bake-demo/tiny-sentiment @ cccccccccccccccccccccccccccccccccccccccc
 FROM fetcher AS hub-0
 RUN --mount=type=bind,source=bake/hubfetch.py,target=/opt/bake/hubfetch.py \
     --mount=type=bind,source=bake/hub/0.json,target=/opt/bake/hub/0.json \
@@ -34,7 +49,7 @@ RUN --mount=type=bind,source=bake/hubfetch.py,target=/opt/bake/hubfetch.py \
  && chmod 0755 /out /out/opt \
  && touch -h -d @1 /out/opt /out
 
-# dataset bake-demo/tiny-reviews @ 40766203a4df57609f01a5608216d345f7b1b04e
+# dataset bake-demo/tiny-reviews @ cccccccccccccccccccccccccccccccccccccccc
 FROM fetcher AS hub-1
 RUN --mount=type=bind,source=bake/hubfetch.py,target=/opt/bake/hubfetch.py \
     --mount=type=bind,source=bake/hub/1.json,target=/opt/bake/hub/1.json \
