@@ -336,7 +336,7 @@ def run_job(
     finally:
         # Containers first (a network with endpoints cannot go), then the network,
         # then the mounts their /out lived on.
-        _each(lambda name: _remove(engine, name, maybe_in_flight=name not in created),
+        _each(lambda name: engine.discard_container(name, in_flight=name not in created),
               requested)
         if network_requested:
             # By name: a Ctrl-C may land while the Engine is still creating it.
@@ -508,19 +508,6 @@ def _pump(engine: Engine, name: str, writers: dict[int, _Raw | _Lines]) -> None:
                 writer.close()
 
 
-def _remove(engine: Engine, name: str, *, maybe_in_flight: bool) -> None:
-    """Remove a container by name; when create never returned, the Engine may
-    still be making it, so look again for a moment before giving up."""
-    for attempt in range(10 if maybe_in_flight else 1):
-        try:
-            if engine.remove_container(name):
-                return
-        except EngineError:
-            return
-        if maybe_in_flight and attempt < 9:
-            time.sleep(0.1)
-
-
 def _remove_network(engine: Engine, name: str, *, maybe_in_flight: bool = False) -> None:
     for attempt in range(20):
         try:
@@ -594,7 +581,7 @@ def sweep(engine: Engine, orphan: Callable[[str], bool]) -> None:
     try:
         for found in engine.containers(label=OWNER_LABEL):
             if orphan((found.get("Labels") or {}).get(OWNER_LABEL, "")):
-                _remove(engine, str(found["Id"]), maybe_in_flight=False)
+                engine.discard_container(str(found["Id"]), in_flight=False)
         for net in engine.networks(label=OWNER_LABEL):
             if orphan((net.get("Labels") or {}).get(OWNER_LABEL, "")):
                 _remove_network(engine, str(net["Id"]))

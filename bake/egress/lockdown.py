@@ -278,19 +278,6 @@ print(json.dumps({{"direct": attempt(direct),
 """
 
 
-def _remove_canary(engine: Engine, name: str, *, maybe_in_flight: bool) -> None:
-    """Remove the canary by name.  When create() never returned (a signal cut it short),
-    the Engine may still be creating it: look again for a moment before giving up."""
-    for attempt in range(10 if maybe_in_flight else 1):
-        try:
-            if engine.remove_container(name):
-                return
-        except EngineError:
-            return
-        if attempt < 9 and maybe_in_flight:
-            time.sleep(0.1)
-
-
 def _canary_output(engine: Engine, image: str, what: str, config: dict[str, Any]
                    ) -> bytes | Proof:
     """Run a canary container to its end (60 s at most) as nobody, with none of the
@@ -319,7 +306,7 @@ def _canary_output(engine: Engine, image: str, what: str, config: dict[str, Any]
         raise EngineError(f"cannot run the {what} in {image}: {exc.message}",
                           hint=exc.hint) from exc
     finally:
-        _remove_canary(engine, name, maybe_in_flight=not created)
+        engine.discard_container(name, in_flight=not created)
 
 
 def prove(engine: Engine, image: str, proxy: RunningProxy) -> Proof:

@@ -21,6 +21,7 @@ import json
 import os
 import socket
 import struct
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -514,6 +515,19 @@ class Engine:
         if status not in (204, 200):
             raise self._fail(f"remove container {ident[:12]}", status, data)
         return True
+
+    def discard_container(self, name: str, *, in_flight: bool) -> None:
+        """Remove a container of bake's by name, never raising.  ``in_flight``: a signal cut
+        its create short, so the engine may still be making it: look again for a moment
+        (about a second) before giving up."""
+        for attempt in range(10 if in_flight else 1):
+            try:
+                if self.remove_container(name):
+                    return
+            except EngineError:
+                return
+            if in_flight and attempt < 9:
+                time.sleep(0.1)
 
 
 # -- the wire ---------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from bake.engine import Engine
 from bake.outbox import collect
 from bake.resolve import resolve
 from bake.runner import (
@@ -152,11 +153,12 @@ def test_output_collection_does_not_write_through_links_in_the_destination(
     assert not (dest / "result.txt").is_symlink() and (dest / "result.txt").read_text() == "ok\n"
 
 
-class _Engine:
+class _Engine(Engine):
     """An engine whose create is cut short by Ctrl-C after it made the container, which
     then shows up only a moment later (as a real Engine's would)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.pending: str | None = None
         self.made: set[str] = set()
         self.lookups = 0
