@@ -33,15 +33,13 @@ import tomllib
 from collections import Counter
 from pathlib import Path
 
+from reference import reference_build, timed
+
 import bake
-from bake.builder.buildkit import find_cli
-from bake.egress.lockdown import start_build_proxy
-from bake.egress.proxy import ProxyLimits
 from bake.engine import Engine
 from bake.lock.format import PythonRequest, parse_lock
 from bake.lock.locking import index_url_of
-from bake.lookup import lookup
-from bake.pipeline import plan_job, resolve_requirements
+from bake.pipeline import resolve_requirements
 from bake.resolve import base_digest
 from bake.settings import load_settings
 from bake.types import NullReporter
@@ -79,13 +77,6 @@ command = ["python", "main.py"]
 """
 
 
-def timed(argv: list[str], env: dict[str, str]) -> float:
-    started = time.perf_counter()
-    subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
-    return time.perf_counter() - started
-
-
 def config_with(base: str, work: Path, endpoint: str) -> Path:
     """The seller config of $BAKE_CONFIG plus the local Hub (plain HTTP, allowed as such)."""
     doc = tomllib.loads(Path(base).read_text()) if base else {}
@@ -112,20 +103,8 @@ def key_hit(env: dict[str, str], work: Path, hub: RunningHub) -> None:
     image = json.loads(subprocess.run([bake_cli, "build", spec, "--json"], env=env, check=True,
                                       capture_output=True, text=True).stdout)["image"]
     try:
-        gateway = engine.bridge_gateway()
         # No resolvers: the lock must come from the fresh resolver cache the build left.
-        plan = plan_job(lookup(spec, settings, engine=engine),
-                        cli=find_cli(settings.build.docker_cli, settings.env.docker_config),
-                        gateway=gateway)
-        build_dir = work / "build"
-        build_dir.mkdir(mode=0o700)
-        assert plan.policy is not None
-        with start_build_proxy(plan.policy, gateway, log_path=None, limits=ProxyLimits(),
-                               relay=plan.relay) as proxy:
-            plan.write(build_dir, proxy_url=proxy.url)
-            reference = plan.build_plan(build_dir, proxy_url=proxy.url, cache_from=())
-            docker, docker_env = list(reference.argv), dict(reference.env)
-            timed(docker, docker_env)  # warm the reference's cache too
+        with reference_build(spec, settings, engine, work) as (docker, docker_env):
             hub.clear_requests()
             hit_bake, hit_docker = [], []
             for _ in range(HITS):

@@ -23,6 +23,8 @@ import time
 from io import BytesIO
 from pathlib import Path
 
+from reference import timed
+
 import bake
 from bake.settings import load_settings
 
@@ -35,13 +37,6 @@ command = ["python", "main.py"]
 """
 RUNS = int(os.environ.get("BENCH_RUNS", "9"))
 GOAL = 1.5
-
-
-def timed(argv: list[str], env: dict[str, str]) -> float:
-    started = time.perf_counter()
-    subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
-    return time.perf_counter() - started
 
 
 def main() -> None:

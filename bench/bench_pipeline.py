@@ -25,13 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from reference import reference_build, timed
+
 import bake
-from bake.builder.buildkit import find_cli
-from bake.egress.lockdown import start_build_proxy
-from bake.egress.proxy import ProxyLimits
 from bake.engine import Engine
-from bake.lookup import lookup
-from bake.pipeline import plan_job
 from bake.settings import load_settings
 
 SPEC = """\
@@ -45,13 +42,6 @@ command = ["python", "main.py"]
 """
 HITS = int(os.environ.get("BENCH_HITS", "15"))
 COLD = int(os.environ.get("BENCH_COLD", "3"))
-
-
-def timed(argv: list[str], env: dict[str, str]) -> float:
-    started = time.perf_counter()
-    subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
-    return time.perf_counter() - started
 
 
 def main() -> None:
@@ -71,19 +61,7 @@ def main() -> None:
         spec = str(work / "job")
         image = json.loads(subprocess.run([bake_cli, "build", spec, "--json"], env=env,
                                           check=True, capture_output=True, text=True).stdout)
-        gateway = engine.bridge_gateway()
-        plan = plan_job(lookup(spec, settings, engine=engine),
-                        cli=find_cli(settings.build.docker_cli, settings.env.docker_config),
-                        gateway=gateway)
-        build_dir = work / "build"
-        build_dir.mkdir(mode=0o700)
-        assert plan.policy is not None
-        with start_build_proxy(plan.policy, gateway, log_path=None, limits=ProxyLimits(),
-                               relay=plan.relay) as proxy:
-            plan.write(build_dir, proxy_url=proxy.url)
-            reference = plan.build_plan(build_dir, proxy_url=proxy.url, cache_from=())
-            docker, docker_env = list(reference.argv), dict(reference.env)
-            timed(docker, docker_env)  # warm the reference's cache too
+        with reference_build(spec, settings, engine, work) as (docker, docker_env):
             by_flag = [bake_cli, "--config", config, "build", spec] if config else None
 
             hit_bake, hit_flag, hit_docker = [], [], []
