@@ -1,0 +1,110 @@
+"""The trusted wheelhouse: locked wheels shared by every job on this engine.  Pure.
+
+It is a BuildKit cache mount (:data:`CACHE_ID`), laid out by content::
+
+    <wheelhouse>/<sha256>/<wheel file name>     one locked wheel, its bytes hash to <sha256>
+    <wheelhouse>/.incoming/                     downloads in flight (renamed into place)
+
+Two kinds of step see it, and only these:
+
+- **bake's download step** (``_base/wheelhouse.py``, in a stage of its own on the base
+  image) mounts it writable.  It runs no buyer code: the base's interpreter in isolated
+  mode with no site (``python3 -I -S``), stdlib only; its inputs are the lock's file names,
+  sha256 and URLs.  It fetches only wheels the lock lists that are not there yet, checks
+  each one's sha256 before renaming it into place, and holds no secret but the index URL
+  and the CA bundle.  A nonce build arg makes it run on every build (a cheap check when
+  everything is there), so that a wheelhouse pruned since the last build is filled again.
+- **the job's install step** mounts it read-only (:data:`INSTALL_MOUNT`), with no secret
+  and no index: uv installs exactly the listed files, ``--no-index --require-hashes
+  --no-deps``, found through one ``--find-links`` folder per wheel.  Installing starts
+  the venv's interpreter (uv asks it what it is, and compiles bytecode with it), so a
+  wheel's ``.pth`` runs there; it finds nothing to read and nothing it can write but the
+  job's own layer.
+
+An sdist (``only_binary = false``) never enters the wheelhouse: it is built in the job's
+own step, which does not mount it at all.
+
+The layout is the lock's own: a wheel is found by its sha256, so two indexes serving
+different bytes under one file name never meet, and no step ever replaces a file.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from urllib.parse import urlsplit
+
+from .choice import Wheel
+
+__all__ = [
+    "CACHE_ID",
+    "FETCHED",
+    "INSTALL_MOUNT",
+    "MOUNT",
+    "NONCE_ARG",
+    "fetch_list",
+    "install_requirements",
+    "valid_wheel",
+]
+
+#: The BuildKit cache mount's id: the same in every build on the engine, so shared by all.
+#: The version part changes when the layout does.
+CACHE_ID = "bake-wheelhouse-1"
+#: Where steps see it.
+MOUNT = "/opt/bake/wheelhouse"
+#: The Dockerfile mount of the install step: read-only.  (The download step's is in the
+#: template, writable; tests check the two against the rendered Dockerfile.)
+INSTALL_MOUNT = f"--mount=type=cache,id={CACHE_ID},target={MOUNT},readonly"
+#: The file bake's download step leaves in its stage: "<sha256> <file>" per wheel, sorted.
+#: The install step mounts it, so BuildKit runs the download first; its content is the same
+#: for the same wheels, so the install step's cache is not broken by the download's re-run.
+FETCHED = "/bake/wheelhouse.txt"
+#: The build arg that makes the download step run on every build.
+NONCE_ARG = "BAKE_WHEELHOUSE_NONCE"
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_WHEEL_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,250}\.whl")
+_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")
+_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+!-]{0,100}")
+
+
+def valid_wheel(wheel: Wheel) -> bool:
+    """A wheel whose name, version, file and hash may enter a step's files and paths."""
+    url = urlsplit(wheel.url) if wheel.url else None
+    return bool(
+        _NAME.fullmatch(wheel.name) and _VERSION.fullmatch(wheel.version)
+        and _WHEEL_FILE.fullmatch(wheel.file) and _SHA256.fullmatch(wheel.sha256)
+        and (url is None or (url.scheme in ("http", "https") and url.netloc))
+    )
+
+
+def _checked(wheels: Iterable[Wheel]) -> list[Wheel]:
+    out = sorted(wheels, key=lambda w: (w.name, w.sha256))
+    for wheel in out:
+        if not valid_wheel(wheel):
+            raise ValueError(f"not a locked wheel bake can fetch: {wheel!r}")
+    return out
+
+
+def fetch_list(wheels: Iterable[Wheel]) -> bytes:
+    """The download step's input (``bake/wheelhouse.json``): what to have in the wheelhouse."""
+    doc = {
+        "format": 1,
+        "wheels": [{"name": w.name, "version": w.version, "file": w.file, "sha256": w.sha256,
+                    "url": w.url} for w in _checked(wheels)],
+    }
+    return (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
+
+
+def install_requirements(wheels: Iterable[Wheel]) -> bytes:
+    """The install step's input: each wheel's folder in the wheelhouse and its pin and hash.
+
+    uv takes exactly these files (``--no-index``: nothing else is looked at), checks each
+    one's sha256 (``--require-hashes``) and resolves nothing (``--no-deps``).
+    """
+    lines = []
+    for w in _checked(wheels):
+        lines.append(f"--find-links {MOUNT}/{w.sha256}\n")
+        lines.append(f"{w.name}=={w.version} --hash=sha256:{w.sha256}\n")
+    return "".join(lines).encode()
