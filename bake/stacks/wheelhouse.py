@@ -39,6 +39,7 @@ from .choice import Wheel
 
 __all__ = [
     "CACHE_ID",
+    "DOWNLOAD_MOUNT",
     "FETCHED",
     "INSTALL_MOUNT",
     "MOUNT",
@@ -53,8 +54,12 @@ __all__ = [
 CACHE_ID = "bake-wheelhouse-1"
 #: Where steps see it.
 MOUNT = "/opt/bake/wheelhouse"
-#: The Dockerfile mount of the install step: read-only.  (The download step's is in the
-#: template, writable; tests check the two against the rendered Dockerfile.)
+#: The Dockerfile mounts of the two steps that see it (the template spells them out; tests
+#: check the rendered Dockerfile against these): bake's download step writes, with other
+#: builds at once (each download is linked into place whole) ...
+DOWNLOAD_MOUNT = f"--mount=type=cache,id={CACHE_ID},target={MOUNT},sharing=shared"
+#: ... and the install step reads, and cannot write (BuildKit mounts it read-only; the
+#: step has no capability to remount it).
 INSTALL_MOUNT = f"--mount=type=cache,id={CACHE_ID},target={MOUNT},readonly"
 #: The file bake's download step leaves in its stage: "<sha256> <file>" per wheel, sorted.
 #: The install step mounts it, so BuildKit runs the download first; its content is the same

@@ -32,7 +32,7 @@ SCRIPT = BUILTIN_DIR / "_base" / "wheelhouse.py"
 
 
 def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bake_wheelfetch", SCRIPT)
+    spec = importlib.util.spec_from_file_location("bake_wheelhouse_step", SCRIPT)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
