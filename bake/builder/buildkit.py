@@ -187,6 +187,7 @@ def plan_build(
     engine_env: Mapping[str, str] | None = None,
     environ: Mapping[str, str] | None = None,
     output: Path | None = None,
+    build_args: Mapping[str, str] | None = None,
 ) -> BuildPlan:
     """The argv and environment of one build.  Pure but for reading ``os.environ`` when
     ``environ`` is not given.
@@ -206,6 +207,10 @@ def plan_build(
     # the proxies in the seller's ~/.docker/config.json can never fill them in.
     for name in PROXY_ARGS:
         value = proxy_url if name.lower() in ("http_proxy", "https_proxy") and proxy_url else ""
+        argv += ["--build-arg", f"{name}={value}"]
+    for name, value in sorted((build_args or {}).items()):
+        if name.upper() in PROXY_ARGS:
+            raise ValueError(f"{name} is the proxy's build arg, set by bake alone")
         argv += ["--build-arg", f"{name}={value}"]
     if no_network:
         argv.append("--network=none")

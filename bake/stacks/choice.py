@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
 
+from ..job import ResolvedJob
+
 __all__ = [
     "STACK_FORMAT",
     "Choice",
@@ -39,6 +41,10 @@ __all__ = [
     "StacksMode",
     "Wheel",
     "choose",
+    "need_of",
+    "sdists_of",
+    "stacks_mode",
+    "variant_may_fit",
 ]
 
 #: Bump when what a stack holds, or how it is laid out, changes meaning.
@@ -49,7 +55,7 @@ StacksMode = Literal["variants", "images", "none"]
 
 @dataclass(frozen=True)
 class Wheel:
-    """One locked wheel (a lock's distribution whose file is a wheel)."""
+    """One locked file: a wheel (an sdist has the same shape, for the job's own step)."""
 
     name: str  # canonical (PEP 503)
     version: str
@@ -108,6 +114,26 @@ class Need:
                     frozenset(w.sha256 for w in self.wheels))
 
 
+def need_of(job: ResolvedJob) -> Need:
+    """A locked job's :class:`Need`: its base, its template's deps recipe, its target
+    interpreter, and every locked wheel of its lock (not its sdists)."""
+    python = job.lock.python
+    target = ""
+    if python is not None:
+        t = python.target
+        target = f"{t.implementation} {t.python} {t.abi} {t.machine} {t.libc}".strip()
+    wheels = tuple(Wheel(d.name, d.version, d.file, d.sha256, d.url)
+                   for d in job.lock.distributions if d.is_wheel)
+    return Need(job.lock.base_digest, job.template.recipe, target,
+                tuple(sorted(wheels, key=lambda w: w.name)))
+
+
+def sdists_of(job: ResolvedJob) -> tuple[Wheel, ...]:
+    """A locked job's sdists (``only_binary = false``): built in its own step, never shared."""
+    return tuple(Wheel(d.name, d.version, d.file, d.sha256, d.url)
+                 for d in job.lock.distributions if not d.is_wheel)
+
+
 @dataclass(frozen=True)
 class Stack:
     """A candidate: a baked deps layer, on this engine or in the registry."""
@@ -143,6 +169,15 @@ class Choice:
         return self.stack.key if self.stack is not None else ""
 
 
+def stacks_mode(value: str) -> StacksMode:
+    """The seller's ``build.stacks`` (checked by the settings) as a mode."""
+    if value == "variants":
+        return "variants"
+    if value == "images":
+        return "images"
+    return "none"
+
+
 def choose(need: Need, candidates: Iterable[Stack], mode: StacksMode) -> Choice:
     """The stack that holds the most of ``need``'s wheels and nothing else; ties: lowest key.
 
@@ -165,3 +200,26 @@ def choose(need: Need, candidates: Iterable[Stack], mode: StacksMode) -> Choice:
     return Choice(best, rest, considered=len(seen),
                   reason=f"built on {best.describe()}: it holds {len(best.held.wheels)} of "
                   f"{len(everything)} wheels, {len(rest)} installed on it")
+
+
+def variant_may_fit(requirements: Iterable[str], need: Need) -> bool:
+    """Could a variant declaring ``requirements`` be a stack of ``need``'s?  A cheap test on
+    the declarations alone, before anything is locked: every requirement names a project
+    the job's lock holds, at a version its specifier allows (so ``numpy==2.1.3`` rules a
+    variant out for a job locked to numpy 2.3.5, without resolving the variant)."""
+    from packaging.requirements import InvalidRequirement, Requirement  # noqa: PLC0415
+    from packaging.utils import canonicalize_name  # noqa: PLC0415
+
+    held = {w.name: w.version for w in need.wheels}
+    asked = list(requirements)
+    if not asked:
+        return False
+    for line in asked:
+        try:
+            req = Requirement(line)
+        except InvalidRequirement:
+            return False
+        version = held.get(canonicalize_name(req.name))
+        if version is None or not req.specifier.contains(version, prereleases=True):
+            return False
+    return True

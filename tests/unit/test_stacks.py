@@ -191,15 +191,15 @@ def test_the_install_step_reads_each_wheel_from_its_hash_folder_with_its_hash() 
 
 def test_the_download_list_names_exactly_the_locked_files() -> None:
     doc = json.loads(fetch_list([TORCH, NUMPY]))
-    assert doc == {"format": 1, "wheels": [
-        {"name": w.name, "version": w.version, "file": w.file, "sha256": w.sha256, "url": w.url}
-        for w in (NUMPY, TORCH)]}
+    assert doc == {"format": 1, "refetch": False, "files": [
+        {"file": w.file, "url": w.url, "sha256": w.sha256} for w in (NUMPY, TORCH)]}
     assert fetch_list([NUMPY, TORCH]) == fetch_list([TORCH, NUMPY])  # same bytes, same cache
+    assert json.loads(fetch_list([NUMPY], refetch=True))["refetch"] is True
 
 
 @pytest.mark.parametrize("bad", [
     Wheel("x", "1.0", "../../etc/x-1.0-py3-none-any.whl", "a" * 64),
-    Wheel("x", "1.0", "x-1.0.tar.gz", "a" * 64),  # an sdist never enters the wheelhouse
+    Wheel("x", "1.0", "x-1.0-py3-none-any.whl", "a" * 64, url="https://h/y-1.0.whl"),
     Wheel("x", "1.0", "x-1.0-py3-none-any.whl", "A" * 64),
     Wheel("x", "1.0", "x-1.0-py3-none-any.whl", "a" * 63),
     Wheel("X y", "1.0", "x-1.0-py3-none-any.whl", "a" * 64),
