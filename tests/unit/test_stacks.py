@@ -232,3 +232,16 @@ def test_templates_that_make_the_same_deps_layer_share_a_recipe(tmp_path: Path) 
         (tmp_path / name / "template.toml").write_text('default_base = "python:3.11-slim"\n')
     assert find_template("mine", (str(tmp_path),)).recipe == python.recipe
     assert find_template("odd", (str(tmp_path),)).recipe != python.recipe  # its own deps block
+
+
+def test_a_variant_is_looked_up_only_when_its_pins_meet_the_lock() -> None:
+    from bake.stacks.choice import stacks_mode, variant_may_fit
+
+    job = need(TORCH, NUMPY, TABULATE)
+    assert variant_may_fit(["torch==1.0", "numpy==1.0"], job)
+    assert variant_may_fit(["Torch>=0.9"], job)  # names compare canonically
+    assert not variant_may_fit(["torch==1.0", "numpy==2.3.5"], job)  # another numpy
+    assert not variant_may_fit(["torch==1.0", "pandas==1.0"], job)  # pandas: not in the lock
+    assert not variant_may_fit([], job) and not variant_may_fit(["not a requirement!"], job)
+    assert [stacks_mode(v) for v in ("variants", "images", "none", "?")] == [
+        "variants", "images", "none", "none"]
