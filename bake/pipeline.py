@@ -188,13 +188,22 @@ class JobPlan:
             no_network=self.policy is None,
             secrets={s.name: s.path if s.path is not None else work / "secrets" / s.name
                      for s in self.secrets},
-            no_cache=self.no_cache,
-            cache_from=cache_from,
+            # Not BuildKit's --no-cache: it would empty the wheelhouse, a cache every job on
+            # the engine shares.  BAKE_NO_CACHE, declared in every stage, runs every step.
+            cache_from=() if self.no_cache else cache_from,
             inline_cache=True,
             engine_env=self.engine_env,
             target=self.target,
-            build_args={NONCE_ARG: nonce} if nonce and self.on.install else None,
+            build_args=self._build_args(nonce),
         )
+
+    def _build_args(self, nonce: str) -> dict[str, str] | None:
+        if not nonce:
+            return None
+        args = {NONCE_ARG: nonce} if self.on.install else {}
+        if self.no_cache:
+            args["BAKE_NO_CACHE"] = nonce
+        return args or None
 
 
 def _write_work(work: Path, context: BuildContext, secrets: Sequence[Secret],
@@ -236,7 +245,7 @@ def plan_job(found: Lookup, *, cli: DockerCLI, gateway: str | None,
         key=found.key,
         image=found.image,
         job=job,
-        context=_context(job, cfg, relay, on=on, refetch=no_cache),
+        context=_context(job, cfg, relay, on=on, no_cache=no_cache),
         labels={
             "bake.key": found.key.digest,
             "bake.manifest": found.key.label(),
@@ -293,10 +302,10 @@ def plan_stack(found: Lookup, *, cli: DockerCLI, gateway: str | None, on: Choice
 
 
 def _context(job: ResolvedJob, cfg: Settings, relay: IndexRelay | None, *,
-             on: Choice | None = None, refetch: bool = False) -> BuildContext:
+             on: Choice | None = None, no_cache: bool = False) -> BuildContext:
     return render(job, ca_bundle=bool(cfg.build.ca_bundle), hub_token=bool(cfg.env.hf_token),
                   relay_path=relay.relay_path if relay is not None else None, on=on,
-                  refetch=refetch)
+                  no_cache=no_cache)
 
 
 # --- stacks: where a job's deps layer starts ------------------------------------------------

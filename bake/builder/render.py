@@ -113,7 +113,7 @@ def hub_cache_dir(kind: str, repo: str) -> str:
 
 def render(job: ResolvedJob, *, ca_bundle: bool, hub_token: bool = False,
            relay_path: Callable[[str], str | None] | None = None,
-           on: Choice | None = None, refetch: bool = False) -> BuildContext:
+           on: Choice | None = None, no_cache: bool = False) -> BuildContext:
     """The build context of a job: it installs and fetches exactly the job's locked bytes.
 
     ``on`` is where its deps layer starts (:func:`bake.stacks.choice.choose`): a stack, and
@@ -174,6 +174,7 @@ def render(job: ResolvedJob, *, ca_bundle: bool, hub_token: bool = False,
         wheelhouse=MOUNT,
         fetched=FETCHED,
         sdist_folder=SDISTS,
+        no_cache=no_cache,
     )
     files: list[ContextFile] = []
     if wheels or sdists:
@@ -182,7 +183,7 @@ def render(job: ResolvedJob, *, ca_bundle: bool, hub_token: bool = False,
     fetcher = job.template.base_file(WHEELFETCH)
     if wheels:
         files += [
-            ContextFile("bake/wheelhouse/files.json", fetch_list(wheels, refetch=refetch)),
+            ContextFile("bake/wheelhouse/files.json", fetch_list(wheels, refetch=no_cache)),
             ContextFile("bake/wheelhouse/wheelfetch.py", source=fetcher),
             ContextFile("bake/install/wheels.txt", install_requirements(wheels)),
         ]

@@ -27,7 +27,10 @@ it (the same script, into a tmpfs, :data:`SDISTS`) and builds it, and that step 
 mount the wheelhouse at all.
 
 The layout is the lock's own: a wheel is found by its sha256, so two indexes serving
-different bytes under one file name never meet, and no step ever replaces a file.
+different bytes under one file name never meet.  A file in place is never replaced, but by
+bake's step asked to fetch everything again (``bake build --no-cache``), with bytes it has
+just checked: the way to mend a copy that changed on disk (the install step's hash check
+refuses such a copy, naming it).
 """
 
 from __future__ import annotations

@@ -194,6 +194,21 @@ def test_a_job_builds_on_the_prebaked_stack_and_installs_only_the_rest(
         stderr)
 
 
+def test_no_cache_runs_every_step_again_and_keeps_the_engines_wheelhouse(
+        seller: Seller, job: Callable[..., Path]) -> None:
+    """``--no-cache`` fetches and checks the job's wheels again, and empties no cache that
+    other jobs share (BuildKit's own --no-cache would throw the wheelhouse away)."""
+    spec = job(_spec("gamma==1.0", "delta==1.0"), {"main.py": MAIN + "# nc\n"})
+    seller.build(spec)
+    other = job(_spec("alpha==1.1"), {"main.py": MAIN + "# nc other\n"})
+    _, stderr = seller.build(other, "--no-cache")
+    assert _fetched(stderr) == ["alpha-1.1-py3-none-any.whl"] and "+ alpha==1.1" in stderr
+    later = job(_spec("gamma==1.0", "delta==1.0"), {"main.py": MAIN + "# nc later\n"})
+    _result, stderr = seller.build(later)
+    assert _fetched(stderr) == [] and "2 in place already" in stderr, stderr[-2000:]
+    assert seller.bake("run", str(later)).stdout.split("\n")[:2] == ["gamma 1.0", "delta 1.0"]
+
+
 def test_a_lock_that_conflicts_with_every_stack_builds_on_the_base(
         seller: Seller, job: Callable[..., Path]) -> None:
     seller.prebake()

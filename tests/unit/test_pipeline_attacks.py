@@ -147,8 +147,10 @@ def check_dockerfile(dockerfile: str, base_from: str, stacks: tuple[str, ...] = 
     assert steps and steps[0].keyword == "FROM"
     for step in steps:
         if step.keyword == "ARG":
-            # One build arg, the nonce that runs bake's wheelhouse step on every build.
-            assert step.text == f"ARG {NONCE_ARG}" and stage == "bake-wheels", step.text
+            # Two build args: the nonce that runs bake's wheelhouse step on every build, and
+            # the one that runs every step again (bake build --no-cache).
+            assert ((step.text == f"ARG {NONCE_ARG}" and stage == "bake-wheels")
+                    or step.text == "ARG BAKE_NO_CACHE"), step.text
             continue
         assert step.keyword in ALLOWED, step.text
         words = step.text.split()
@@ -309,7 +311,7 @@ CA = "/etc/ssl/certs/seller-ca.pem"
 VALUE_OPTIONS = {
     "--iidfile": re.compile(r"/w/iid"),
     "--build-arg": re.compile("(" + "|".join(PROXY_ARGS) + r")=(http://172\.17\.0\.1:39100)?"
-                              r"|BUILDKIT_INLINE_CACHE=1|BAKE_WHEELHOUSE_NONCE=[0-9a-f]{32}"),
+                              r"|BUILDKIT_INLINE_CACHE=1|BAKE_(WHEELHOUSE_NONCE|NO_CACHE)=[0-9a-f]{32}"),
     "--label": re.compile(r"(bake\.key|bake\.manifest|bake\.locked|bake\.template|"
                           r"org\.opencontainers\.image\.(title|base\.name|base\.digest))=.*"
                           r"|bake\.stack=(\{.*\})?|bake\.stack\.variant="
@@ -367,6 +369,14 @@ def test_hostile_spec_values_never_become_docker_arguments(tmp_path: Path, proxy
                            cache_from=plan.cache_candidates, nonce="f" * 32).argv
     check_argv(argv)
     assert "BAKE_WHEELHOUSE_NONCE=" + "f" * 32 in argv  # the wheelhouse step runs every time
+    # --no-cache runs every step again, but never with BuildKit's own --no-cache, which
+    # would throw the engine's shared wheelhouse away.
+    assert "--no-cache" not in argv
+    assert ("BAKE_NO_CACHE=" + "f" * 32 in argv) is no_cache
+    if no_cache:
+        dockerfile = plan.context.dockerfile
+        stages = [line for line in dockerfile.splitlines() if line.startswith("FROM ")]
+        assert dockerfile.count("\nARG BAKE_NO_CACHE\n") == len(stages)
     assert ("--cache-from" in argv) is not no_cache  # the deps twin, as the pipeline passes it
     assert "BUILDKIT_INLINE_CACHE=1" in argv
     # The hostile name is one argument, glued to its label key.

@@ -1,9 +1,10 @@
 """bake's fetch step (``_base/wheelfetch.py``) against a loopback server.
 
 What it promises: only the listed files, each checked against its sha256 before it is
-linked into ``<folder>/<sha256>/<file>``; other bytes are never kept and a file in place is
-never replaced; a file already there costs no request (unless ``refetch``); a relay path is
-fetched from the relay named in the ``bake_index`` secret; one line per fetched file.
+linked into ``<folder>/<sha256>/<file>``; other bytes are never kept; a file in place is
+replaced only when asked to fetch again (``refetch``), by bytes just checked; a file already
+there costs no request (unless ``refetch``); a relay path is fetched from the relay named
+in the ``bake_index`` secret; one line per fetched file.
 """
 
 from __future__ import annotations
@@ -118,20 +119,23 @@ def test_fetches_only_whats_missing_checks_it_and_links_it_by_hash(
     assert again.read_text() == out.read_text()  # the same output: the install step stays cached
 
 
-def test_refetch_checks_every_file_again_and_replaces_none(
+def test_refetch_checks_every_file_again_and_mends_a_changed_copy(
         step: ModuleType, server: Server, tmp_path: Path) -> None:
     a = server.put("alpha-1.0-py3-none-any.whl", b"alpha bytes")
     folder, _ = _run(step, tmp_path, a)
-    inode = (folder / a.sha256 / a.file).stat().st_ino
+    kept = folder / a.sha256 / a.file
+    kept.write_bytes(b"rotted on disk")  # what no step of bake's writes, but a disk may
     server.requests.clear()
+    _run(step, tmp_path, a)
+    assert server.requests == [] and kept.read_bytes() == b"rotted on disk"  # not looked at
     _run(step, tmp_path, a, refetch=True)  # bake build --no-cache
     assert server.requests == [f"/files/{a.file}"]
-    assert (folder / a.sha256 / a.file).stat().st_ino == inode
-    # ... and other bytes under the name fail even though the good ones are in place.
+    assert kept.read_bytes() == b"alpha bytes"
+    # ... and other bytes under the name fail, leaving the good ones in place.
     (server.root / "files" / a.file).write_bytes(b"tampered")
     with pytest.raises(step.Failed, match=r"does not match bake\.lock"):
         _run(step, tmp_path, a, refetch=True)
-    assert (folder / a.sha256 / a.file).read_bytes() == b"alpha bytes"
+    assert kept.read_bytes() == b"alpha bytes"
 
 
 def test_other_bytes_under_a_locked_name_are_never_kept(

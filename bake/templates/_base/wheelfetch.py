@@ -21,7 +21,8 @@ Each file not yet in FOLDER (every file with ``"refetch": true``, ``bake build
 is a file of the seller's index, fetched from the proxy's relay of it, whose address is
 the origin of the index URL in ``/run/secrets/bake_index`` (the relay adds the
 credentials).  It is streamed through sha256 into ``FOLDER/.incoming`` and linked into
-place only when its digest is the locked one; a file once in place is never replaced.
+place only when its digest is the locked one; a file once in place is replaced only with
+``"refetch": true``, and then only by bytes just checked.
 One line per fetched file says what was fetched and its digest (``bake-install: fetched
 FILE sha256:... N bytes from HOST``), so that the build's log can be reconciled with its
 lock and its egress log; a mismatch fails the step naming the file, the expected and the
@@ -140,7 +141,7 @@ def _download(url, sha, incoming, context):
     return tmp, digest.hexdigest(), size
 
 
-def fetch(name, url, sha, folder, context):
+def fetch(name, url, sha, folder, context, refetch=False):
     """Put one locked file in place; return the bytes fetched."""
     if url.startswith("/"):
         url = relay_origin() + url
@@ -170,8 +171,13 @@ def fetch(name, url, sha, folder, context):
             os.makedirs(place, exist_ok=True)
             # A link is atomic and never replaces: a reader sees the whole file or none,
             # and a build that lost a race to put the same bytes there leaves the winner's.
+            # Asked to fetch again (--no-cache), the checked bytes replace what is there:
+            # the way to mend a copy that changed on disk.
             try:
-                os.link(tmp, os.path.join(place, name))
+                if refetch:
+                    os.replace(tmp, os.path.join(place, name))
+                else:
+                    os.link(tmp, os.path.join(place, name))
             except FileExistsError:
                 pass
             finally:
@@ -209,7 +215,7 @@ def main(argv):
     if wanted:
         context = _context()
         with concurrent.futures.ThreadPoolExecutor(max_workers=WORKERS) as pool:
-            futures = [pool.submit(fetch, name, url, sha, folder, context)
+            futures = [pool.submit(fetch, name, url, sha, folder, context, refetch)
                        for name, url, sha in wanted]
             for future in concurrent.futures.as_completed(futures):
                 total += future.result()
