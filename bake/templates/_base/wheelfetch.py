@@ -50,7 +50,7 @@ from urllib.parse import unquote, urlsplit
 
 SECRETS = "/run/secrets"
 CHUNK = 1 << 20
-WORKERS = 4
+WORKERS = 16  # downloads at once: the largest file should never wait for a free worker
 TRIES = 3
 TIMEOUT = 60
 STALE = 3600  # seconds after which a download in flight was left by a build that died
@@ -211,6 +211,9 @@ def main(argv):
     _sweep(incoming)
     wanted = [(name, url, sha) for name, url, sha in files
               if refetch or not os.path.isfile(os.path.join(folder, sha, name))]
+    # Platform wheels (the large ones: torch, CUDA libraries) first, pure Python last, so
+    # that the longest download starts first.
+    wanted.sort(key=lambda f: (f[0].endswith("-none-any.whl"), f[0]))
     total = 0
     if wanted:
         context = _context()

@@ -20,7 +20,7 @@ RUN --mount=type=bind,from=bake-tool,source=/opt/bake/tool,target=/opt/bake/tool
     --mount=type=secret,id=bake_ca,target=/run/secrets/bake_ca,required=true \
     python3 -I -S /tmp/bake/install/wheelfetch.py /tmp/bake/install/files.json \
       /tmp/bake/sdists /tmp/bake/sdists/fetched.txt \
- && python3 -m venv /opt/venv \
+ && python3 -m venv --without-pip /opt/venv \
  && UV_INDEX_URL="$(cat /run/secrets/bake_index)" UV_NO_CACHE=1 UV_NO_CONFIG=1 \
     UV_PYTHON_DOWNLOADS=never SSL_CERT_FILE=/run/secrets/bake_ca \
     /opt/bake/tool/bin/uv pip install --python /opt/venv/bin/python --no-deps \

@@ -16,7 +16,7 @@ RUN --mount=type=bind,source=bake/wheelhouse,target=/tmp/bake/wheelhouse \
 
 FROM python:3.11-slim AS deps
 # One layer: exactly the locked wheels the deps lack, from the wheelhouse, which this
-# step mounts read-only.  bake's uv (its tool venv, mounted read-only, never copied in)
+# step mounts read-only (the venv has no pip: it holds the lock and nothing else).  bake's uv (its tool venv, mounted read-only, never copied in)
 # installs them with no index, no network and no secret in reach: --no-index
 # --require-hashes --no-deps, each file from its own sha256 folder.  Installing starts
 # the venv's interpreter (a wheel's .pth runs): it finds nothing to read and nothing to
@@ -25,7 +25,7 @@ RUN --mount=type=bind,from=bake-tool,source=/opt/bake/tool,target=/opt/bake/tool
     --mount=type=bind,from=bake-wheels,source=/bake/wheelhouse.txt,target=/tmp/bake/fetched.txt \
     --mount=type=cache,id=bake-wheelhouse-1,target=/opt/bake/wheelhouse,readonly \
     --mount=type=bind,source=bake/install/wheels.txt,target=/tmp/bake/wheels.txt \
-    python3 -m venv /opt/venv && \
+    python3 -m venv --without-pip /opt/venv && \
     UV_NO_CACHE=1 UV_NO_CONFIG=1 UV_OFFLINE=1 UV_PYTHON_DOWNLOADS=never \
     /opt/bake/tool/bin/uv pip install --python /opt/venv/bin/python --no-deps \
       --require-hashes --no-index --only-binary :all: --compile-bytecode \
