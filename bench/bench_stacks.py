@@ -91,9 +91,11 @@ def bake(*args: str, env: dict[str, str]) -> tuple[float, dict[str, Any], str]:
                             stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None and proc.stdout is not None
     lines = []
+    exporting = False
     for line in proc.stderr:
         lines.append(line)
-        if _is_step_end(line):
+        exporting = exporting or "exporting to image" in line
+        if _is_step_end(line) and not exporting:
             LAST_STEP[:] = [time.perf_counter() - started]
     out = proc.stdout.read()
     code = proc.wait()
@@ -197,9 +199,12 @@ def pip_reference(settings: Any, engine: Engine, work: Path) -> tuple[float, str
                           no_cache=True, engine_env=engine.address.cli_env())
         started = time.perf_counter()
         ends: list[float] = []
+        exporting: list[bool] = []
 
         def seen(line: str) -> None:
-            if _is_step_end(line):
+            if "exporting to image" in line:
+                exporting.append(True)
+            if _is_step_end(line) and not exporting:
                 ends[:] = [time.perf_counter() - started]
 
         image = run_build(plan, timeout=1800, on_line=seen)
