@@ -165,6 +165,8 @@ def test_a_job_builds_on_the_prebaked_stack_and_installs_only_the_rest(
     assert held is not None and held.variant == f"{TEMPLATE}/ab" and len(held.held.wheels) == 2
     again = seller.prebake()
     assert again["ab"]["outcome"] == "present" and again["ab"]["image"] == ab["image"]
+    ran = seller.bake("run", ab["image"], check=False)  # a stack is no job
+    assert ran.returncode == 125 and "is a stack" in ran.stderr, ran.stderr
 
     spec = job(_spec("alpha==1.0", "beta==1.0", "gamma==1.0"), {"main.py": MAIN})
     seller.bake("lock", str(spec))  # resolving reads the wheels' metadata; building is after
