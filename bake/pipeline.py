@@ -88,7 +88,7 @@ from .stacks.choice import (
     variant_may_fit,
 )
 from .stacks.discover import engine_stacks, registry_stacks
-from .stacks.labels import read_stack, stack_labels
+from .stacks.labels import MAX_STACK_LABEL, encode_held, read_stack, stack_labels
 from .stacks.wheelhouse import NONCE_ARG
 from .state import state_dir
 from .templates import Template, Variant, find_template, list_templates
@@ -280,6 +280,12 @@ def plan_stack(found: Lookup, *, cli: DockerCLI, gateway: str | None, on: Choice
     "template/variant" when ``bake prebake`` makes it."""
     plan = plan_job(found, cli=cli, gateway=gateway, on=on)
     held = need_of(found.job).held
+    if encode_held(held) is None:
+        raise ConfigError(
+            f"a stack of {len(held.wheels)} wheels is more than its label can name "
+            f"(at most about {MAX_STACK_LABEL // 67})",
+            hint="declare a smaller variant; jobs this large build on the base",
+        )
     image = f"{found.settings.image_repository}:{held.key}"
     job = found.job
     return dataclasses.replace(
@@ -415,7 +421,9 @@ def _keep_stack(found: Lookup, plan: JobPlan, registry: Registry | None,
             if not found.engine.has_image(stack.image):
                 execute(stack, found.engine, registry, report)
         record_use(stack.key.digest)
-    except (SetupError, EngineError) as exc:
+    except Interrupted:
+        raise
+    except BakeError as exc:
         report.warn(f"the deps of {plan.key.short} were not kept as a stack: {exc.message}")
 
 

@@ -135,3 +135,24 @@ def test_no_cache_fetches_and_checks_every_wheel_again(tmp_path: Path) -> None:
     plan = plan_job(found, cli=CLI, gateway="172.17.0.1", no_cache=True)
     files = {f.path: f.data for f in plan.context.files}
     assert json.loads(files["bake/wheelhouse/files.json"] or b"")["refetch"] is True
+
+
+def test_a_stack_too_large_for_its_label_is_refused_in_one_line(tmp_path: Path) -> None:
+    import pytest
+
+    from bake.errors import ConfigError
+
+    found = _found(tmp_path)
+    python = found.job.lock.python
+    assert python is not None
+    one = python.distributions[0]
+    where = one.url.rsplit("/", 1)[0]
+    many = tuple(dataclasses.replace(one, name=f"pkg{i}", sha256=f"{i:064x}",
+                                     file=f"pkg{i}-1.0-py3-none-any.whl",
+                                     url=f"{where}/pkg{i}-1.0-py3-none-any.whl")
+                 for i in range(1900))  # a lock may hold more than the 1000 it declares
+    lock = dataclasses.replace(found.job.lock, python=dataclasses.replace(
+        python, distributions=many))
+    found = dataclasses.replace(found, job=found.job.locked(lock))
+    with pytest.raises(ConfigError, match="more than its label can name"):
+        plan_stack(found, cli=CLI, gateway="172.17.0.1", on=Choice(None, ()))
