@@ -238,6 +238,11 @@ def test_images_mode_keeps_a_jobs_deps_as_a_stack_for_the_next_job(
     assert len(kept) == 1, listed  # the first job's deps: ab + gamma, on ab
     deps = kept[0]
     assert deps["variant"] is None and deps["adds"] < 1 << 20
+    # The deps layer alone: nothing of the first job's own (its files, its env) is in it.
+    peek = subprocess.run(["docker", "run", "--rm", "--network", "none", "--entrypoint", "sh",
+                           deps["image"], "-c", "ls -A /job 2>&1; env"],
+                          capture_output=True, text=True, check=False)
+    assert "main.py" not in peek.stdout and "VIRTUAL_ENV" not in peek.stdout, peek.stdout
     second, stderr = seller.build(job(_spec("alpha==1.0", "beta==1.0", "gamma==1.0",
                                             "delta==1.0"), {"main.py": MAIN}))
     assert second["stack"] == deps["key"], stderr  # 3 of 4 beats ab's 2
