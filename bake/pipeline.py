@@ -3,8 +3,10 @@
 Each verb, read top to bottom, is one job's way through the stages::
 
     build    lookup -> local hit? -> plan_job -> key lock -> local hit? -> registry pull?
+             -> the best stack (this engine's, or pulled from the registry; else the base)
              -> execute: write the context, prove confinement, start the proxy,
-                BuildKit, self-check, tag <repo>:<key> -> push
+                BuildKit, self-check, tag <repo>:<key> (a stack gone meanwhile: again, on
+                the base) -> build.stacks = "images": keep the deps as a stack -> push
     run      build (or take a baked image by name) -> runner
     key      lookup
     lock     lookup (the shipped bake.lock aside; --upgrade: resolve again) -> bake.lock
