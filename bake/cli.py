@@ -232,8 +232,7 @@ def images(json: JsonOpt = False) -> None:
     if json:
         console.json_line([i.to_json() for i in found])
     else:
-        console.table(["image", "key", "template", "size", "created", "last used"],
-                      [i.row() for i in found])
+        console.table(image_store.COLUMNS, [i.row() for i in found])
 
 
 @app.command()

@@ -3,15 +3,18 @@
 Each verb, read top to bottom, is one job's way through the stages::
 
     build    lookup -> local hit? -> plan_job -> key lock -> local hit? -> registry pull?
+             -> the best stack (this engine's, or pulled from the registry; else the base)
              -> execute: write the context, prove confinement, start the proxy,
-                BuildKit, self-check, tag <repo>:<key> -> push
+                BuildKit, self-check, tag <repo>:<key> (a stack gone meanwhile: again, on
+                the base) -> build.stacks = "images": keep the deps as a stack -> push
     run      build (or take a baked image by name) -> runner
     key      lookup
     lock     lookup (the shipped bake.lock aside; --upgrade: resolve again) -> bake.lock
     render   lookup -> the planned build context, written out
     pull     lookup -> key lock -> registry fetch
     push     lookup -> registry push
-    prebake  per variant: lookup -> in the registry or here? -> build
+    prebake  per variant: lookup -> in the registry or here? -> build its stack
+             (its deps stage alone, named by what it holds)
 
 :func:`bake.lookup.lookup` is the first act (settings, spec, resolve, lock, key,
 local hit), shared with the fast path.  Its lock stage asks the resolvers this
@@ -33,6 +36,7 @@ called from here and never call back.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import tempfile
@@ -75,6 +79,19 @@ from .prebake import Outcome, twin_job, variant_spec
 from .runner import RunResult, image_job, run_job, self_check, spec_job
 from .settings import Settings, load_settings
 from .spec import JobSpec
+from .stacks.choice import (
+    Choice,
+    Held,
+    Need,
+    Stack,
+    choose,
+    need_of,
+    stacks_mode,
+    variant_may_fit,
+)
+from .stacks.discover import engine_stacks, registry_stacks
+from .stacks.labels import MAX_STACK_LABEL, encode_held, read_stack, stack_labels
+from .stacks.wheelhouse import NONCE_ARG
 from .state import state_dir
 from .templates import Template, Variant, find_template, list_templates
 from .types import BuildResult, NullReporter, Reporter
@@ -92,6 +109,7 @@ __all__ = [
     "lock",
     "plan_job",
     "plan_resolve",
+    "plan_stack",
     "prebake",
     "pull",
     "push",
@@ -144,6 +162,10 @@ class JobPlan:
     no_cache: bool
     #: The offline check of the baked models and datasets runs after the build.
     self_check: bool
+    #: Where the deps layer starts (a stack, or the base) and the wheels it installs.
+    on: Choice = field(default_factory=lambda: Choice(None, ()))
+    #: The stage to build: None, the job's image; "deps", a stack (``bake prebake``).
+    target: str | None = None
 
     def pip_config(self, proxy_url: str | None) -> str:
         """The steps' pip config once the proxy listens at ``proxy_url``.  Pure."""
@@ -155,9 +177,10 @@ class JobPlan:
                     _late_texts(self.relay, proxy_url, self.secrets))
 
     def build_plan(self, work: Path, *, proxy_url: str | None,
-                   cache_from: Sequence[str]) -> BuildPlan:
+                   cache_from: Sequence[str], nonce: str = "") -> BuildPlan:
         """The exact docker argv and environment, once the build's folder, the proxy's
-        address and the cache sources that exist are known.  Pure."""
+        address and the cache sources that exist are known.  Pure.  ``nonce`` runs the
+        wheelhouse step again (:mod:`bake.stacks.wheelhouse`): a new one every build."""
         return plan_build(
             self.cli,
             work / "context",
@@ -167,11 +190,22 @@ class JobPlan:
             no_network=self.policy is None,
             secrets={s.name: s.path if s.path is not None else work / "secrets" / s.name
                      for s in self.secrets},
-            no_cache=self.no_cache,
-            cache_from=cache_from,
+            # Not BuildKit's --no-cache: it would empty the wheelhouse, a cache every job on
+            # the engine shares.  BAKE_NO_CACHE, declared in every stage, runs every step.
+            cache_from=() if self.no_cache else cache_from,
             inline_cache=True,
             engine_env=self.engine_env,
+            target=self.target,
+            build_args=self._build_args(nonce),
         )
+
+    def _build_args(self, nonce: str) -> dict[str, str] | None:
+        if not nonce:
+            return None
+        args = {NONCE_ARG: nonce} if self.on.install else {}
+        if self.no_cache:
+            args["BAKE_NO_CACHE"] = nonce
+        return args or None
 
 
 def _write_work(work: Path, context: BuildContext, secrets: Sequence[Secret],
@@ -191,11 +225,13 @@ def _write_work(work: Path, context: BuildContext, secrets: Sequence[Secret],
 
 
 def plan_job(found: Lookup, *, cli: DockerCLI, gateway: str | None,
-             no_cache: bool = False) -> JobPlan:
-    """The plan of one build.  Pure: ``cli`` (:func:`find_cli`) and ``gateway`` (the
+             no_cache: bool = False, on: Choice | None = None) -> JobPlan:
+    """The plan of one build.  Pure: ``cli`` (:func:`find_cli`), ``gateway`` (the
     bridge's host address, where the proxy will listen; ``None`` when setup has no
-    network) are asked by the caller."""
+    network) and ``on`` (the stack the deps start from, :func:`_choose_stack`; by default
+    the base) are asked by the caller."""
     cfg, job = found.settings, found.job
+    on = on if on is not None else _on_base(found)
     policy = None
     if not cfg.no_network:
         if gateway is None:
@@ -211,7 +247,7 @@ def plan_job(found: Lookup, *, cli: DockerCLI, gateway: str | None,
         key=found.key,
         image=found.image,
         job=job,
-        context=_context(job, cfg, relay),
+        context=_context(job, cfg, relay, on=on, no_cache=no_cache),
         labels={
             "bake.key": found.key.digest,
             "bake.manifest": found.key.label(),
@@ -220,6 +256,8 @@ def plan_job(found: Lookup, *, cli: DockerCLI, gateway: str | None,
             "org.opencontainers.image.title": job.spec.name or job.template.name,
             "org.opencontainers.image.base.name": job.base_ref,
             "org.opencontainers.image.base.digest": job.base_digest,
+            # Not a stack itself (its image holds job files); the one it was built on.
+            **stack_labels(None, parent=on.parent),
         },
         secrets=_secrets(cfg, job),
         policy=policy,
@@ -231,12 +269,168 @@ def plan_job(found: Lookup, *, cli: DockerCLI, gateway: str | None,
         cache_candidates=cache,
         no_cache=no_cache,
         self_check=bool(job.hub_repos),
+        on=on,
     )
 
 
-def _context(job: ResolvedJob, cfg: Settings, relay: IndexRelay | None) -> BuildContext:
+def plan_stack(found: Lookup, *, cli: DockerCLI, gateway: str | None, on: Choice,
+               variant: str = "") -> JobPlan:
+    """The plan of a stack: the job's deps stage alone (``--target deps``), named by what it
+    holds (``<repository>:<its stack key>``) and labelled so (:mod:`bake.stacks.labels`), so
+    that later jobs may build on it.  Pure.  The context is the job's own, so that BuildKit
+    answers the deps stage from the job's build when there was one.  ``variant``:
+    "template/variant" when ``bake prebake`` makes it."""
+    plan = plan_job(found, cli=cli, gateway=gateway, on=on)
+    held = need_of(found.job).held
+    if encode_held(held) is None:
+        raise ConfigError(
+            f"a stack of {len(held.wheels)} wheels is more than its label can name "
+            f"(at most about {MAX_STACK_LABEL // 67})",
+            hint="declare a smaller variant; jobs this large build on the base",
+        )
+    image = f"{found.settings.image_repository}:{held.key}"
+    job = found.job
+    return dataclasses.replace(
+        plan,
+        key=ImageKey(held.key, held.manifest()),
+        image=image,
+        labels={
+            "bake.key": held.key,
+            "bake.manifest": ImageKey(held.key, held.manifest()).label(),
+            "bake.template": job.template.name,
+            "org.opencontainers.image.title": variant or f"stack {held.key[:12]}",
+            "org.opencontainers.image.base.name": job.base_ref,
+            "org.opencontainers.image.base.digest": job.base_digest,
+            **stack_labels(held, variant=variant, parent=on.parent),
+        },
+        self_check=False,
+        cache_candidates=(),
+        target="deps",
+    )
+
+
+def _context(job: ResolvedJob, cfg: Settings, relay: IndexRelay | None, *,
+             on: Choice | None = None, no_cache: bool = False) -> BuildContext:
     return render(job, ca_bundle=bool(cfg.build.ca_bundle), hub_token=bool(cfg.env.hf_token),
-                  relay_path=relay.relay_path if relay is not None else None)
+                  relay_path=relay.relay_path if relay is not None else None, on=on,
+                  no_cache=no_cache)
+
+
+# --- stacks: where a job's deps layer starts ------------------------------------------------
+
+
+def _on_base(found: Lookup, reason: str = "built on the base") -> Choice:
+    return Choice(None, need_of(found.job).wheels, reason=reason)
+
+
+def _choose_stack(found: Lookup, registry: Registry | None, report: Reporter, *,
+                  no_cache: bool = False) -> Choice:
+    """The best stack for the job (:func:`bake.stacks.choice.choose`) among those on this
+    engine and, when a registry is configured, the prebaked variants it holds; a registry
+    stack is pulled first.  Never an error: no stack, or one that cannot be pulled, is the
+    base (with a warning for the latter), exactly as a build without stacks."""
+    cfg = found.settings
+    need = need_of(found.job)
+    if no_cache:
+        return _on_base(found, "--no-cache: built on the base")
+    if cfg.build.stacks == "none" or not need.wheels:
+        return choose(need, (), "none") if need.wheels else _on_base(found)
+    candidates = engine_stacks(found.engine, cfg.image_repository)
+    if registry is not None:
+        def exists(image: str) -> bool:
+            try:
+                return registry.exists(image)
+            except RegistryError:
+                return False
+
+        candidates += registry_stacks(need, _variant_holds(found, need, report),
+                                      repository=cfg.image_repository, exists=exists,
+                                      skip=[s.key for s in candidates])
+    choice = choose(need, candidates, stacks_mode(cfg.build.stacks))
+    if choice.stack is not None and choice.stack.in_registry:
+        choice = _pull_stack(found, choice, choice.stack, registry, report)
+    return choice
+
+
+def _variant_holds(found: Lookup, need: Need,
+                   report: Reporter) -> Iterator[tuple[str, Held | None]]:
+    """What each prebaked variant that may fit the job holds on the job's base: its lock
+    (the resolver cache, else a resolution), for variants whose declared pins the job's
+    lock meets and whose template makes the same deps layer."""
+    cfg, job = found.settings, found.job
+    for name in list_templates(cfg.build.templates):
+        try:
+            template = find_template(name, cfg.build.templates)
+        except BakeError:
+            continue
+        if template.recipe != job.template.recipe:
+            continue
+        for variant in template.variants:
+            if variant.models or not variant_may_fit(variant.requirements, need):
+                continue
+            try:
+                spec = variant_spec(template, variant, base=job.base_ref)
+                locked = _lookup(spec, cfg, report, engine=found.engine)
+            except Interrupted:
+                raise
+            except BakeError:
+                yield f"{template.name}/{variant.name}", None
+                continue
+            if any(not d.is_wheel for d in locked.lock.distributions):
+                continue
+            yield f"{template.name}/{variant.name}", need_of(locked.job).held
+
+
+def _pull_stack(found: Lookup, choice: Choice, stack: Stack, registry: Registry | None,
+                report: Reporter) -> Choice:
+    """Pull the chosen registry stack and check that it holds what its key says; anything
+    else falls back to the base, with a warning."""
+    engine = found.engine
+    why = "no registry"
+    if registry is not None:
+        try:
+            registry.fetch(stack.image, report)
+        except (RegistryError, EngineError) as exc:
+            why = exc.message
+        else:
+            info = engine.inspect_image(stack.image) or {}
+            labels = (info.get("Config") or {}).get("Labels") or {}
+            pulled = read_stack(stack.image, stack.key, labels)
+            if pulled is not None and pulled.held == stack.held:
+                record_use(stack.key)
+                return dataclasses.replace(choice, stack=dataclasses.replace(
+                    stack, in_registry=False))
+            why = "what it was pulled as does not hold what its key says"
+            with contextlib.suppress(EngineError):
+                engine.remove_image(stack.image, force=True)
+    report.warn(f"{stack.describe()} could not be used ({why}); building on the base")
+    return _on_base(found, f"{stack.describe()} could not be pulled: built on the base")
+
+
+def _keep_stack(found: Lookup, plan: JobPlan, registry: Registry | None,
+                report: Reporter) -> None:
+    """``build.stacks = "images"``: keep the job's deps layer as a stack for later jobs
+    (its stage alone, answered from the build's cache).  A failure here is a warning."""
+    job = found.job
+    if any(not d.is_wheel for d in job.lock.distributions) or not need_of(job).wheels:
+        return  # an sdist's build is the job's own: never shared
+    stack = plan_stack(found, cli=plan.cli, gateway=_gateway(found), on=plan.on)
+    if found.engine.has_image(stack.image):
+        record_use(stack.key.digest)
+        return
+    try:
+        with key_lock(stack.key.digest):
+            if not found.engine.has_image(stack.image):
+                execute(stack, found.engine, registry, report)
+        record_use(stack.key.digest)
+    except Interrupted:
+        raise
+    except BakeError as exc:
+        report.warn(f"the deps of {plan.key.short} were not kept as a stack: {exc.message}")
+
+
+def _gateway(found: Lookup) -> str | None:
+    return None if found.settings.no_network else found.engine.bridge_gateway()
 
 
 def _relay(cfg: Settings, policy: EgressPolicy | None) -> IndexRelay | None:
@@ -558,7 +752,12 @@ def render_to(spec: str | Path, out: Path, *, settings: Settings | None = None,
     found = _lookup(spec, cfg, NullReporter())
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"{out} is not empty", hint="render into a new or empty folder")
-    return _context(found.job, cfg, _relay(cfg, None)).write(out)
+    # The stack a build here would start from now (this engine's; a registry's is pulled
+    # only by a build).
+    need = need_of(found.job)
+    on = choose(need, engine_stacks(found.engine, cfg.image_repository),
+                stacks_mode(cfg.build.stacks))
+    return _context(found.job, cfg, _relay(cfg, None), on=on).write(out)
 
 
 def build(
@@ -588,12 +787,8 @@ def _bake(found: Lookup, *, started: float, push: bool | None, no_cache: bool,
     if found.present and not no_cache:
         record_use(digest)
         return BuildResult(image, digest, elapsed(), cached=True, locked=locked)
-    plan = plan_job(
-        found,
-        cli=find_cli(cfg.build.docker_cli, cfg.env.docker_config),
-        gateway=None if cfg.no_network else found.engine.bridge_gateway(),
-        no_cache=no_cache,
-    )
+    cli = find_cli(cfg.build.docker_cli, cfg.env.docker_config)
+    plan = plan_job(found, cli=cli, gateway=_gateway(found), no_cache=no_cache)
     registry = Registry(cfg, found.engine) if cfg.registry.repository else None
     with key_lock(digest, on_wait=lambda: report.stage("another build of this key is "
                                                         "running; waiting")):
@@ -603,13 +798,32 @@ def _bake(found: Lookup, *, started: float, push: bool | None, no_cache: bool,
         if registry is not None and not no_cache and registry.pull(image, report):
             record_use(digest)
             return BuildResult(image, digest, elapsed(), pulled=True, locked=locked)
-        egress, egress_log, summary = execute(plan, found.engine, registry, report)
+        on = _choose_stack(found, registry, report, no_cache=no_cache)
+        if on.stack is not None:
+            report.stage(on.reason)
+            record_use(on.stack.key)
+            plan = plan_job(found, cli=cli, gateway=_gateway(found), no_cache=no_cache, on=on)
+        try:
+            egress, egress_log, summary = execute(plan, found.engine, registry, report)
+        except SetupError as exc:
+            stack = plan.on.stack
+            if stack is None or found.engine.has_image(stack.image):
+                raise
+            # The stack went away between the choice and BuildKit's FROM: the failed build
+            # left no image; build again on the base, as without stacks.
+            report.warn(f"{stack.describe()} disappeared during the build ({exc.message}); "
+                        "building on the base")
+            plan = plan_job(found, cli=cli, gateway=_gateway(found), no_cache=no_cache)
+            egress, egress_log, summary = execute(plan, found.engine, registry, report)
         record_use(digest)
+        if cfg.build.stacks == "images":
+            _keep_stack(found, plan, registry, report)
         pushed = False
         if registry is not None and (cfg.registry.push if push is None else push):
             pushed = registry.push(image, report)
         return BuildResult(image, digest, elapsed(), built=True, pushed=pushed, egress=egress,
-                           egress_log=egress_log, egress_summary=summary, locked=locked)
+                           egress_log=egress_log, egress_summary=summary, locked=locked,
+                           stack=plan.on.parent or None)
 
 
 def execute(plan: JobPlan, engine: Engine, registry: Registry | None,
@@ -628,7 +842,7 @@ def execute(plan: JobPlan, engine: Engine, registry: Registry | None,
                            engine, log_path, report, relay=plan.relay) as (proxy, egress):
             plan.write(work, proxy_url=proxy.url if proxy else None)
             build_plan = plan.build_plan(work, proxy_url=proxy.url if proxy else None,
-                                         cache_from=cache_from)
+                                         cache_from=cache_from, nonce=uuid.uuid4().hex)
             report.stage(f"building {plan.key.short} with {plan.cli.describe()}")
             image_id = run_build(build_plan, timeout=plan.setup_timeout, on_line=report.log)
             summary = proxy.stats().one_line() if proxy is not None else None
@@ -804,6 +1018,8 @@ def prebake(
 
 def _prebake_variant(template: Template, variant: Variant, cfg: Settings, engine: Engine,
                      registry: Registry | None, base: str | None, report: Reporter) -> Outcome:
+    """A variant of wheels only becomes a stack (its deps stage, named by what it holds);
+    one with models, or nothing to install, or an sdist, is baked as a job, as before."""
     started = time.monotonic()
     report.stage(f"prebaking {template.name}/{variant.name}")
 
@@ -815,15 +1031,22 @@ def _prebake_variant(template: Template, variant: Variant, cfg: Settings, engine
     image: str | None = None
     try:
         found = _lookup(variant_spec(template, variant, base=base), cfg, report, engine=engine)
-        image = found.image
+        need = need_of(found.job)
+        stackable = (bool(need.wheels) and not variant.models
+                     and all(d.is_wheel for d in found.lock.distributions))
+        image = f"{cfg.image_repository}:{need.held.key}" if stackable else found.image
         if registry is not None:
             if registry.exists(image):
                 return outcome("present", image)
-            if found.present:
-                record_use(found.key.digest)
+            if engine.has_image(image):
+                record_use(image.rpartition(":")[2])
                 return outcome("present", image, pushed=registry.push(image, report))
-        built = _bake(found, started=started, push=registry is not None, no_cache=False,
-                      report=report)
+        if stackable:
+            built = _bake_stack(found, f"{template.name}/{variant.name}", registry, report,
+                                started=started)
+        else:
+            built = _bake(found, started=started, push=registry is not None, no_cache=False,
+                          report=report)
     except Interrupted:
         raise
     except BakeError as exc:
@@ -831,3 +1054,29 @@ def _prebake_variant(template: Template, variant: Variant, cfg: Settings, engine
         return outcome("failed", image, error=exc.message)
     kind = "present" if built.cached else "pulled" if built.pulled else "built"
     return outcome(kind, built.image, pushed=built.pushed)
+
+
+def _bake_stack(found: Lookup, variant: str, registry: Registry | None, report: Reporter, *,
+                started: float) -> BuildResult:
+    """Bake a variant's stack on its base (a prebaked stack is its base and one layer of
+    wheels: the same shape on every machine), and push it when ``registry`` is given."""
+    cfg, engine = found.settings, found.engine
+    plan = plan_stack(found, cli=find_cli(cfg.build.docker_cli, cfg.env.docker_config),
+                      gateway=_gateway(found), on=_on_base(found), variant=variant)
+    digest = plan.key.digest
+
+    def elapsed() -> float:
+        return round(time.monotonic() - started, 3)
+
+    with key_lock(digest, on_wait=lambda: report.stage("another build of this stack is "
+                                                        "running; waiting")):
+        if engine.has_image(plan.image):
+            built = BuildResult(plan.image, digest, elapsed(), cached=True)
+        else:
+            egress, egress_log, summary = execute(plan, engine, registry, report)
+            built = BuildResult(plan.image, digest, elapsed(), built=True, egress=egress,
+                                egress_log=egress_log, egress_summary=summary)
+    record_use(digest)
+    if registry is not None:
+        built = dataclasses.replace(built, pushed=registry.push(plan.image, report))
+    return built

@@ -55,6 +55,7 @@ from .nodes import (
 )
 from .outbox import Collected, Outbox, close_outbox, collect, open_outbox, sweep_outboxes
 from .spec import MAX_NODES, JobSpec, RunLimits
+from .stacks.labels import STACK as STACK_LABEL
 from .units import format_size
 
 __all__ = ["NodeResult", "RunPlan", "RunResult", "container_config", "image_job", "run_job",
@@ -167,6 +168,9 @@ def image_job(engine: Engine, image: str, *, args: Sequence[str] = (),
         raise RunError(f"no image {image!r} on this engine and no job spec at that path",
                        hint="pass a bake.toml, its folder, or a baked image (bake images)")
     labels = (info.get("Config") or {}).get("Labels") or {}
+    if labels.get(STACK_LABEL):
+        raise RunError(f"{image} is a stack (a deps layer other jobs build on), not a job",
+                       hint="run a job built on it: bake run SPEC")
     try:
         manifest = json.loads(labels["bake.manifest"])
         command = tuple(manifest["command"])

@@ -46,17 +46,20 @@ class BuildResult:
     egress_log: str | None = None
     egress_summary: str | None = None
     locked: str | None = None  # the digest of the lock the image was keyed by ("sha256:...")
+    stack: str | None = None  # the key of the stack a build's deps started from; None: base
 
     def to_json(self) -> dict[str, object]:
         return {
             "image": self.image, "key": self.key, "cached": self.cached, "pulled": self.pulled,
             "pushed": self.pushed, "egress": self.egress or None, "egress_log": self.egress_log,
-            "duration_s": self.duration_s, "locked": self.locked,
+            "duration_s": self.duration_s, "locked": self.locked, "stack": self.stack,
         }
 
     def describe(self) -> str:
         how = ("cached" if self.cached else "pulled from the registry" if self.pulled
                else "built")
+        if self.stack:
+            how += f", on stack {self.stack[:12]}"
         if self.pushed:
             how += ", pushed"
         if self.egress:

@@ -187,6 +187,7 @@ def plan_build(
     engine_env: Mapping[str, str] | None = None,
     environ: Mapping[str, str] | None = None,
     output: Path | None = None,
+    build_args: Mapping[str, str] | None = None,
 ) -> BuildPlan:
     """The argv and environment of one build.  Pure but for reading ``os.environ`` when
     ``environ`` is not given.
@@ -206,6 +207,10 @@ def plan_build(
     # the proxies in the seller's ~/.docker/config.json can never fill them in.
     for name in PROXY_ARGS:
         value = proxy_url if name.lower() in ("http_proxy", "https_proxy") and proxy_url else ""
+        argv += ["--build-arg", f"{name}={value}"]
+    for name, value in sorted((build_args or {}).items()):
+        if name.upper() in PROXY_ARGS:
+            raise ValueError(f"{name} is the proxy's build arg, set by bake alone")
         argv += ["--build-arg", f"{name}={value}"]
     if no_network:
         argv.append("--network=none")
@@ -347,10 +352,32 @@ def _hash_mismatch(lines: list[str]) -> str | None:
         if not found:
             continue
         digests = [d for rest in lines[i + 1:i + 12] for d in _DIGEST.findall(rest)]
+        # The wheelhouse's copy (checked when it entered: changed since, on disk) or an
+        # sdist from the index; `bake build --no-cache` fetches and checks it again.
         if len(digests) >= 2:
-            return (f"{found.group(1)} from the index does not match its locked hash: "
-                    f"expected {digests[0]}, received {digests[1]}")
-        return f"{found.group(1)} from the index does not match its locked hash"
+            return (f"{found.group(1)} does not match its locked hash: expected {digests[0]}, "
+                    f"received {digests[1]} (bake build --no-cache fetches it again)")
+        return (f"{found.group(1)} does not match its locked hash (bake build --no-cache "
+                "fetches it again)")
+    return None
+
+
+_UV_FAILED = re.compile(r"error: Failed to (?:download|install|build) `([^`]+)`")
+_UV_CAUSE = re.compile(r"cause: (.*)")
+
+
+def _uv_failed(lines: list[str]) -> str | None:
+    """uv's "Failed to download `name==version`" and its last cause, as one line: a file
+    of the wheelhouse that is no longer a wheel (or an sdist that does not build)."""
+    for i, line in enumerate(lines):
+        found = _UV_FAILED.search(line)
+        if not found:
+            continue
+        causes = [c.group(1).strip() for rest in lines[i + 1:i + 8]
+                  if (c := _UV_CAUSE.search(rest))]
+        cause = f": {causes[-1]}" if causes else ""
+        return (f"{found.group(1)} could not be installed{cause} (bake build --no-cache "
+                "fetches its files again)")[:300]
     return None
 
 
@@ -362,7 +389,7 @@ def _failure(tail: Iterable[str]) -> str:
     "ERROR: No matching distribution ...", hubfetch's "bake-fetch: error: ...").
     """
     lines = [line.strip() for line in tail]
-    mismatch = _hash_mismatch(lines)
+    mismatch = _hash_mismatch(lines) or _uv_failed(lines)
     if mismatch:
         return mismatch
     for line in reversed(lines):

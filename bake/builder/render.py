@@ -1,10 +1,12 @@
 """ResolvedJob -> BuildContext: the Dockerfile (Jinja, StrictUndefined) and its files.  Pure.
 
-The context holds exactly: ``Dockerfile``; when the job has requirements,
-``bake/tool-requirements.txt`` (bake's tool stage: uv, hash-pinned) and
-``bake/install/`` (``files.json``: every locked file's URL and sha256;
-``requirements.txt``: ``name==version --hash=sha256:...`` for uv's
-``--require-hashes --no-deps``; ``wheelfetch.py``, which fetches and checks them);
+The context holds exactly: ``Dockerfile``; when the job installs anything,
+``bake/tool-requirements.txt`` (bake's tool stage: uv, hash-pinned); for the locked wheels
+its stack lacks (:mod:`bake.stacks`), ``bake/wheelhouse/`` (``files.json``: each one's URL
+and sha256, and ``wheelfetch.py``, bake's step that fetches and checks them into the
+shared wheelhouse) and ``bake/install/wheels.txt`` (``name==version --hash=sha256:...``
+and each one's wheelhouse folder, for uv's ``--no-index --require-hashes --no-deps``);
+for its sdists, ``bake/install/sdists/`` (the same three, for the job's own step);
 when the job fetches from the Hub, ``bake/hub-client.txt`` (the fetch stages' pinned
 client), ``bake/hubfetch.py`` and ``bake/hub/<n>.json`` (each repo's commit and every
 locked file with its digest, checked before the layer is made); and the job's
@@ -15,6 +17,7 @@ locked bytes.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -25,6 +28,17 @@ from pathlib import Path
 from ..errors import SetupError
 from ..job import ResolvedJob
 from ..lock.format import LockedRepo
+from ..stacks.choice import Choice, Wheel, need_of, sdists_of
+from ..stacks.wheelhouse import (
+    DOWNLOAD_MOUNT,
+    FETCHED,
+    INSTALL_MOUNT,
+    MOUNT,
+    NONCE_ARG,
+    SDISTS,
+    fetch_list,
+    install_requirements,
+)
 
 __all__ = ["BuildContext", "ContextFile", "hub_cache_dir", "render"]
 
@@ -98,8 +112,14 @@ def hub_cache_dir(kind: str, repo: str) -> str:
 
 
 def render(job: ResolvedJob, *, ca_bundle: bool, hub_token: bool = False,
-           relay_path: Callable[[str], str | None] | None = None) -> BuildContext:
+           relay_path: Callable[[str], str | None] | None = None,
+           on: Choice | None = None, no_cache: bool = False) -> BuildContext:
     """The build context of a job: it installs and fetches exactly the job's locked bytes.
+
+    ``on`` is where its deps layer starts (:func:`bake.stacks.choice.choose`): a stack, and
+    the wheels it lacks; by default the base, and every wheel.  The key does not depend
+    on it: the installed set is the lock's either way.  ``refetch`` fetches and checks
+    every wheel again even when the wheelhouse has it (``bake build --no-cache``).
 
     ``relay_path`` maps a URL on the seller's index (``build.pip_index_url``) to its path on
     the proxy's relay (:meth:`bake.egress.relay.IndexRelay.relay_path`), which adds the
@@ -127,30 +147,52 @@ def render(job: ResolvedJob, *, ca_bundle: bool, hub_token: bool = False,
         }
         for i, r in enumerate(lock.repos)
     ]
-    dists = lock.distributions
-    sdists = any(not d.is_wheel for d in dists)
-    urls = [(relay_path(d.url) if relay_path is not None else None) or d.url for d in dists]
+    choice = on if on is not None else Choice(None, need_of(job).wheels)
+
+    def relayed(files: tuple[Wheel, ...]) -> tuple[Wheel, ...]:
+        return tuple(dataclasses.replace(w, url=(relay_path(w.url) if relay_path else None)
+                                         or w.url) for w in files)
+
+    wheels, sdists = relayed(choice.install), relayed(sdists_of(job))
+    stack = choice.stack
     dockerfile = env.get_template(f"{job.template.name}/Dockerfile.j2").render(
         base=job.base_from,
-        requirements=bool(dists),
-        sdists=sdists,
-        relayed=any(url.startswith("/") for url in urls),
+        tool=bool(wheels or sdists),
+        wheels=bool(wheels),
+        sdists=bool(sdists),
+        stack=None if stack is None else {
+            "image": stack.image, "key": stack.key, "variant": stack.variant,
+            "held": len(stack.held.wheels),
+        },
         ca_bundle=ca_bundle,
         hub=hub,
         hub_token=hub_token,
         hf_home=HF_HOME,
+        nonce_arg=NONCE_ARG,
+        download_mount=DOWNLOAD_MOUNT,
+        install_mount=INSTALL_MOUNT,
+        wheelhouse=MOUNT,
+        fetched=FETCHED,
+        sdist_folder=SDISTS,
+        no_cache=no_cache,
     )
     files: list[ContextFile] = []
-    if lock.python is not None and dists:
+    if wheels or sdists:
+        files.append(ContextFile("bake/tool-requirements.txt",
+                                 source=job.template.base_file(TOOL_REQUIREMENTS)))
+    fetcher = job.template.base_file(WHEELFETCH)
+    if wheels:
         files += [
-            ContextFile("bake/tool-requirements.txt",
-                        source=job.template.base_file(TOOL_REQUIREMENTS)),
-            ContextFile("bake/install/requirements.txt", lock.python.install_requirements()),
-            ContextFile("bake/install/files.json", json.dumps(
-                [{"file": d.file, "url": url, "sha256": d.sha256}
-                 for d, url in zip(dists, urls, strict=True)],
-                indent=1).encode()),
-            ContextFile("bake/install/wheelfetch.py", source=job.template.base_file(WHEELFETCH)),
+            ContextFile("bake/wheelhouse/files.json", fetch_list(wheels, refetch=no_cache)),
+            ContextFile("bake/wheelhouse/wheelfetch.py", source=fetcher),
+            ContextFile("bake/install/wheels.txt", install_requirements(wheels)),
+        ]
+    if sdists:
+        files += [
+            ContextFile("bake/install/sdists/files.json", fetch_list(sdists, refetch=True)),
+            ContextFile("bake/install/sdists/wheelfetch.py", source=fetcher),
+            ContextFile("bake/install/sdists/sdists.txt",
+                        install_requirements(sdists, folder=SDISTS)),
         ]
     if hub:
         files.append(ContextFile("bake/hub-client.txt", source=job.template.base_file(HUB_CLIENT)))

@@ -65,7 +65,7 @@ def resolve_context(request: PythonRequest, *, ca_bundle: bool, nonce: str) -> B
         lstrip_blocks=True,
     )
     dockerfile = env.get_template("_base/resolve.Dockerfile.j2").render(
-        base=request.base_from, ca_bundle=ca_bundle)
+        base=request.base_from, ca_bundle=ca_bundle, no_cache=False)
     # The nonce makes every resolution a new step for BuildKit, whose cache would otherwise
     # answer the same requirements with the same (old) lock for ever.
     doc = {"only_binary": request.only_binary, "nonce": nonce}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ __all__ = ["BUILTIN_DIR", "Template", "Variant", "find_template", "list_template
 
 BUILTIN_DIR = Path(__file__).resolve().parent
 _SHARED = ("_base",)
+_DEPS_BLOCK = re.compile(rb"\{%-?\s*block\s+deps\b")
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,9 @@ class Template:
     variants: tuple[Variant, ...] = field(default=())
     #: Every path read or probed to find and fingerprint it (the fast path's record).
     inputs: tuple[Path, ...] = field(default=(), compare=False)
+    #: sha256 of what makes its deps layer (``_base``, and its own Dockerfile when it
+    #: overrides the ``deps`` block): templates with the same recipe share stacks.
+    recipe: str = ""
 
     def base_file(self, name: str) -> Path:
         """A file of ``_base`` from the first folder that has one: the same ``_base`` whose
@@ -107,7 +112,7 @@ def _load(name: str, folder: Path, search: tuple[Path, ...],
             requirements=tuple(entry.get("requirements", [])),
             models=tuple(entry.get("models", [])),
         ))
-    digest, read = _digest(folder, search)
+    digest, recipe, read = _digest(folder, search)
     return Template(
         name=name,
         folder=folder,
@@ -117,13 +122,21 @@ def _load(name: str, folder: Path, search: tuple[Path, ...],
         description=str(meta.get("description", "")),
         variants=tuple(variants),
         inputs=(*probed, *read),
+        recipe=recipe,
     )
 
 
-def _digest(folder: Path, search: tuple[Path, ...]) -> tuple[str, tuple[Path, ...]]:
-    """sha256 over the template's files and those of the shared ``_base``; and every
-    path it read or walked."""
+def _digest(folder: Path, search: tuple[Path, ...]) -> tuple[str, str, tuple[Path, ...]]:
+    """sha256 over the template's files and those of the shared ``_base``; the deps recipe;
+    and every path it read or walked.
+
+    The recipe is what makes a deps layer: the shared ``_base`` (whose Dockerfile holds
+    the deps stage, the tool stage and the wheelhouse step) and, only when the template
+    overrides the ``deps`` block, the template's own Dockerfile.  Two templates with the
+    same recipe make the same deps layer from the same lock, so they share stacks.
+    """
     h = hashlib.sha256()
+    recipe = hashlib.sha256()
     roots = [("template", folder)]
     read: list[Path] = []
     for shared in _SHARED:
@@ -138,6 +151,9 @@ def _digest(folder: Path, search: tuple[Path, ...]) -> tuple[str, tuple[Path, ..
         for path in sorted(p for p in entries if p.is_file()):
             read.append(path)
             rel = path.relative_to(root).as_posix()
-            h.update(f"{label}/{rel}\0".encode())
-            h.update(hashlib.sha256(path.read_bytes()).digest())
-    return "sha256:" + h.hexdigest(), tuple(read)
+            data = path.read_bytes()
+            entry = f"{label}/{rel}\0".encode() + hashlib.sha256(data).digest()
+            h.update(entry)
+            if label != "template" or (rel == "Dockerfile.j2" and _DEPS_BLOCK.search(data)):
+                recipe.update(entry)
+    return "sha256:" + h.hexdigest(), "sha256:" + recipe.hexdigest(), tuple(read)

@@ -294,10 +294,13 @@ def test_setup_py_cannot_use_the_mirror_as_the_seller(sdist_attack: dict[str, An
 def test_pip_installs_from_the_private_mirror_through_the_relay(
         sdist_attack: dict[str, Any], mirror: RunningIndex) -> None:
     assert "bake-hello: hello from the mirror" in sdist_attack["run"].stdout
-    # Every request pip made reached the mirror authorised: bake's proxy added the
-    # credentials (pip never had them).
-    pip_requests = [s for s in sdist_attack["seen"] if s.user_agent.startswith("pip/")]
-    assert pip_requests and all(s.authorized for s in pip_requests), pip_requests
+    # Every request an installer made (uv for the sdists' build dependencies, bake's fetch
+    # step for the locked files; pip for bake's tool stage when BuildKit has not kept it)
+    # reached the mirror authorised: bake's proxy added the credentials (none of them had
+    # any).
+    installers = [s for s in sdist_attack["seen"]
+                  if s.user_agent.startswith(("pip/", "uv/", "bake-wheelfetch/"))]
+    assert installers and all(s.authorized for s in installers), installers
     lines = [json.loads(line) for line in
              Path(sdist_attack["result"]["egress_log"]).read_text().splitlines()]
     relayed = [e for e in lines if e["event"] == "decision" and e["reason"] == "index-relay"]

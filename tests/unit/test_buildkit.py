@@ -69,6 +69,25 @@ def test_a_failed_build_is_summed_up_by_the_step_s_own_error() -> None:
     assert _failure([]) == "no output"
 
 
+def test_uvs_failures_are_one_line_with_what_to_do() -> None:
+    from bake.builder.buildkit import _failure
+
+    digest, other = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    mismatch = ["#8 2.4 error: Failed to download `six==1.16.0`",
+                "#8 2.4   cause: Hash mismatch for `six==1.16.0`", "#8 2.4",
+                "#8 2.4     Expected:", f"#8 2.4       {digest}", "#8 2.4     Computed:",
+                f"#8 2.4       {other}", "#8 ERROR: executor failed running [...]"]
+    assert _failure(mismatch) == (
+        f"six==1.16.0 does not match its locked hash: expected {digest}, received {other} "
+        "(bake build --no-cache fetches it again)")
+    broken = ["#8 2.452 error: Failed to download `rotting==1.0`",
+              "#8 2.452   cause: Failed to extract archive: rotting-1.0-py3-none-any.whl",
+              "#8 2.452   cause: Invalid zip file structure",
+              "#8 ERROR: executor failed running [/bin/sh -c ...]: exit code: 1"]
+    assert _failure(broken) == ("rotting==1.0 could not be installed: Invalid zip file "
+                                "structure (bake build --no-cache fetches its files again)")
+
+
 def test_the_cli_answer_is_kept_until_a_candidate_changes(tmp_path: Path) -> None:
     from bake.builder import buildkit
 

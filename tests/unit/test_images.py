@@ -77,3 +77,73 @@ def test_baked_from_keeps_only_the_repositorys_keyed_tags() -> None:
         (f"reg:5000/bake:{KEY}", 300, 100, "python", False),
         (f"reg:5000/bake:{'b' * 64}", 50, 50, "", True),
     ]
+
+
+# -- stacks: what an image adds beyond its stack, and prune never orphaning one --------------------
+
+
+def _on(parent: BakedImage | None, name: str, *, used_days_ago: float | None, size: int,
+        stack: bool = False, in_use: bool = False) -> BakedImage:
+    image = _image(name, used_days_ago=used_days_ago, size=size, in_use=in_use)
+    from dataclasses import replace
+
+    return replace(image, parent=parent.key if parent else "", stack=stack,
+                   adds=size)  # footprint: what it adds beyond its stack
+
+
+def test_a_stack_goes_only_with_every_image_built_on_it() -> None:
+    stack = _on(None, "s", used_days_ago=30, size=5000, stack=True)
+    old_job = _on(stack, "a", used_days_ago=20, size=10)
+    new_job = _on(stack, "b", used_days_ago=1, size=10)
+    plan = plan_prune([stack, old_job, new_job], now=NOW, older_than=7 * DAY, keep_size=None)
+    # The stack has not been used itself for 30 days, but an image on it was, yesterday.
+    assert [i.key[0] for i in plan.remove] == ["a"]
+    both_old = plan_prune([stack, old_job], now=NOW, older_than=7 * DAY, keep_size=None)
+    assert [i.key[0] for i in both_old.remove] == ["a", "s"]  # the image first, then its stack
+
+
+def test_a_stack_under_an_image_in_use_is_kept_and_said_so() -> None:
+    stack = _on(None, "s", used_days_ago=30, size=5000, stack=True)
+    job = _on(stack, "a", used_days_ago=20, size=10, in_use=True)
+    plan = plan_prune([stack, job], now=NOW, older_than=7 * DAY, keep_size=0)
+    assert plan.remove == ()
+    assert [i.key[0] for i in plan.spared] == ["a"]
+    assert [i.key[0] for i in plan.held] == ["s"]
+
+
+def test_keep_size_counts_what_each_adds_and_takes_images_before_their_stack() -> None:
+    stack = _on(None, "s", used_days_ago=9, size=5000, stack=True)
+    jobs = [_on(stack, n, used_days_ago=d, size=100) for n, d in (("a", 5), ("b", 2))]
+    other = _on(None, "c", used_days_ago=3, size=1000)
+    # 5000 + 100 + 100 + 1000 = 6200; the stack is as recent as "b" (2 days), so "a" then
+    # "c" go, and "b" keeps its stack.
+    plan = plan_prune([stack, *jobs, other], now=NOW, older_than=None, keep_size=5200)
+    assert [i.key[0] for i in plan.remove] == ["a", "c"]
+    everything = plan_prune([stack, *jobs, other], now=NOW, older_than=None, keep_size=0)
+    assert [i.key[0] for i in everything.remove] == ["a", "c", "b", "s"]
+
+
+def test_baked_from_reads_stacks_parents_and_what_each_adds() -> None:
+    from bake.stacks.choice import Held
+    from bake.stacks.labels import stack_labels
+
+    held = Held("sha256:" + "b" * 64, "sha256:" + "d" * 64, "cpython 3.11.2",
+                frozenset(["e" * 64]))
+    stack_ref, job_ref = f"bake:{held.key}", f"bake:{KEY}"
+    entries = [
+        {"Id": "sha256:base", "RepoTags": ["python:3.11-slim"], "Size": 120, "SharedSize": 120,
+         "Labels": {}},
+        {"Id": "sha256:st", "RepoTags": [stack_ref], "Size": 5120, "SharedSize": 5120,
+         "Labels": {**stack_labels(held, variant="python/torch"), "bake.template": "python",
+                    "org.opencontainers.image.base.digest": "sha256:base"}},
+        {"Id": "sha256:job", "RepoTags": [job_ref], "Size": 5150, "SharedSize": 5120,
+         "Labels": {**stack_labels(None, parent=held.key), "bake.template": "python"}},
+    ]
+    found = {i.image: i for i in baked_from(entries, "bake", in_use=set())}
+    stack, job = found[stack_ref], found[job_ref]
+    assert (stack.stack, stack.variant, stack.parent, stack.adds) == (True, "python/torch", "",
+                                                                      5000)
+    assert (job.stack, job.parent, job.adds) == (False, held.key, 30)
+    assert job.row()[2:6] == ("python", held.key[:12], "5.03 KiB", "30 B")
+    assert stack.row()[2] == "stack python/torch"
+    assert job.to_json()["parent"] == held.key and job.to_json()["adds"] == 30

@@ -104,21 +104,24 @@ def test_a_locked_context_installs_exactly_the_locked_files_with_hashes(tmp_path
     lock = sample_lock()
     context = render(job.locked(lock), ca_bundle=True)
     files = {f.path: f for f in context.files}
-    requirements = files["bake/install/requirements.txt"].data
+    requirements = files["bake/install/wheels.txt"].data
     assert requirements is not None and b">=" not in requirements
-    assert requirements.decode().splitlines()[0] == (
-        f"numpy==2.1.3 --hash=sha256:{DISTS[0].sha256}")
-    assert json.loads(files["bake/install/files.json"].data or b"")[0] == {
+    assert requirements.decode().splitlines()[:2] == [
+        f"--find-links /opt/bake/wheelhouse/{DISTS[0].sha256}",
+        f"numpy==2.1.3 --hash=sha256:{DISTS[0].sha256}"]
+    assert json.loads(files["bake/wheelhouse/files.json"].data or b"")["files"][0] == {
         "file": DISTS[0].file, "url": DISTS[0].url, "sha256": DISTS[0].sha256}
     assert "bake/tool-requirements.txt" in files
     dockerfile = context.dockerfile
     assert "FROM python:3.11-slim AS bake-tool" in dockerfile
-    assert "--require-hashes --offline --no-index --find-links /tmp/bake/wheels" in dockerfile
+    assert "--require-hashes --no-index --only-binary :all: --compile-bytecode" in dockerfile
     assert "--no-deps" in dockerfile and "from=bake-tool,source=/opt/bake/tool" in dockerfile
-    # The job's install step fetches the locked URLs itself: no index, no pip config of the
-    # seller's; only the CA.
+    # bake's wheelhouse step fetches the locked URLs; the job's install step reads them
+    # read-only, with no index, no pip config of the seller's, no secret at all.
     deps = dockerfile.split("AS deps", 1)[1].split("\nFROM ", 1)[0]
-    assert "bake_index" not in deps and "bake_pip" not in deps and "id=bake_ca" in deps
+    assert "type=secret" not in deps and "readonly" in deps
+    wheels = dockerfile.split("AS bake-wheels", 1)[1].split("\nFROM ", 1)[0]
+    assert "id=bake_index" in wheels and "id=bake_ca" in wheels and "bake_pip" not in wheels
 
 
 def test_a_locked_context_fetches_the_locked_commit_and_checks_every_file(tmp_path: Path) -> None:

@@ -108,8 +108,9 @@ def test_a_locked_file_on_the_seller_index_is_fetched_through_the_relay(tmp_path
         *lock.python.distributions[1:]))
     job = _job(tmp_path).locked(dataclasses.replace(lock, python=mirrored))
     context = render(job, ca_bundle=False, relay_path=relay.relay_path)
-    files = json.loads({f.path: f for f in context.files}["bake/install/files.json"].data or b"")
+    doc = {f.path: f for f in context.files}["bake/wheelhouse/files.json"].data or b""
+    files = json.loads(doc)["files"]
     assert files[0]["url"] == "/bake-index/origin/files/" + mirrored.distributions[0].file
     assert files[1]["url"] == lock.python.distributions[1].url  # another host: as locked
-    deps = context.dockerfile.split("AS deps", 1)[1]
-    assert "id=bake_index" in deps  # where the relay is
+    wheels = context.dockerfile.split("AS bake-wheels", 1)[1].split("\nFROM ", 1)[0]
+    assert "id=bake_index" in wheels  # where the relay is

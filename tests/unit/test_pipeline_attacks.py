@@ -3,8 +3,9 @@
 Every template is rendered with hostile-but-valid spec values (every field at
 the edge of what the parser accepts) and checked for what a build must never
 allow: ``RUN --network``/``--security``, a ``# syntax=``/``# escape=`` directive,
-``ADD`` of a URL or git repo, a cache mount shared between jobs, a stage copied
-from an outside image.  Then hypothesis: every spec the parser accepts renders
+``ADD`` of a URL or git repo, a cache mount any step but bake's own wheelhouse step can
+write, a secret or a writable wheelhouse where the job's venv can start (buyer code), a
+stage copied from an outside image.  Then hypothesis: every spec the parser accepts renders
 to exactly the instructions of the same template with benign values.
 """
 
@@ -31,6 +32,8 @@ from bake.pipeline import JobPlan, plan_job
 from bake.resolve import resolve
 from bake.settings import BuildSettings, EgressSettings, HostEnv, Settings
 from bake.spec import JobSpec, parse_spec
+from bake.stacks.wheelhouse import CACHE_ID, NONCE_ARG
+from bake.stacks.wheelhouse import MOUNT as WHEELHOUSE
 from bake.templates import BUILTIN_DIR, list_templates
 from tests.unit.helpers import lock_job
 from tests.unit.spec_strategies import make_job_root, spec_data
@@ -129,34 +132,59 @@ ALLOWED = {"FROM", "RUN", "COPY", "ENV", "WORKDIR", "USER", "LABEL"}
 MOUNT = re.compile(r"--mount=(\S+)")
 
 
-def check_dockerfile(dockerfile: str, base_from: str) -> None:
-    """What no rendered Dockerfile may ever contain, whatever the spec said."""
+def check_dockerfile(dockerfile: str, base_from: str, stacks: tuple[str, ...] = ()) -> None:
+    """What no rendered Dockerfile may ever contain, whatever the spec said.  ``stacks``:
+    the images of bake's own the plan chose to build the deps on."""
     for line in dockerfile.splitlines():
         # Parser directives (syntax pulls a frontend image; escape changes how lines join).
         assert not re.match(r"\s*#\s*(syntax|escape|check)\s*=", line, re.IGNORECASE), line
     stages: set[str] = set()
+    # Stages whose filesystem holds the job's venv: a step there may start its interpreter,
+    # and so run any installed wheel's .pth (buyer code).
+    venv: set[str] = set()
+    stage, stage_from = "", ""
     steps = instructions(dockerfile)
     assert steps and steps[0].keyword == "FROM"
     for step in steps:
+        if step.keyword == "ARG":
+            # Two build args: the nonce that runs bake's wheelhouse step on every build, and
+            # the one that runs every step again (bake build --no-cache).
+            assert ((step.text == f"ARG {NONCE_ARG}" and stage == "bake-wheels")
+                    or step.text == "ARG BAKE_NO_CACHE"), step.text
+            continue
         assert step.keyword in ALLOWED, step.text
         words = step.text.split()
         if step.keyword == "FROM":
             source = words[1]
-            assert source == base_from or source in stages, f"FROM of an outside image: {source}"
-            if len(words) == 4 and words[2].upper() == "AS":
-                stages.add(words[3])
+            assert source == base_from or source in stages or source in stacks, (
+                f"FROM of an outside image: {source}")
+            stage, stage_from = (words[3] if len(words) == 4 else ""), source
+            if stage:
+                stages.add(stage)
+            if stage == "deps" or source in venv or source in stacks:
+                venv.add(stage)
         if step.keyword == "RUN":
             assert "--network" not in step.text and "--security" not in step.text, step.text
+            buyer = stage in venv or "/opt/venv" in step.text
             for mount in MOUNT.findall(step.text):
-                options = dict(part.split("=", 1) for part in mount.split(","))
+                options = dict(part.split("=", 1) if "=" in part else (part, "")
+                               for part in mount.split(","))
                 # Only the build's own context files, its own earlier stages (bake's tool
-                # venv), a private tmpfs and secrets: no cache mount (one job could plant
-                # files in it for the next), no ssh agent, no outside image.
-                assert options["type"] in ("bind", "secret", "tmpfs"), mount
+                # venv), a private tmpfs, secrets, and bake's wheelhouse: no other cache
+                # mount, no ssh agent, no outside image.
+                assert options["type"] in ("bind", "secret", "tmpfs", "cache"), mount
                 if options["type"] == "bind" and "from" in options:
                     assert options["from"] in stages, f"a mount from outside: {mount}"
                 elif options["type"] == "bind":
                     assert options["source"].startswith("bake/"), mount
+                elif options["type"] == "cache":
+                    check_wheelhouse_mount(options, step.text, stage, stage_from, base_from,
+                                           buyer)
+                elif options["type"] == "secret" and buyer:
+                    # Where buyer code may run: the index relay's address (no credentials)
+                    # and the CA bundle, for an sdist's build; never a seller secret.
+                    assert options["id"] in ("bake_index", "bake_ca"), (
+                        f"a secret where buyer code runs: {mount}")
         if step.keyword == "COPY":
             for flag in (w for w in words[1:] if w.startswith("--")):
                 assert flag.startswith(("--from=", "--chown=", "--chmod=")), flag
@@ -167,6 +195,31 @@ def check_dockerfile(dockerfile: str, base_from: str) -> None:
             assert not any(name in step.text for name in PROXY_ARGS), step.text
     user = [s for s in steps if s.keyword == "USER"]
     assert user and re.fullmatch(r"USER [1-9]\d*:[1-9]\d*", user[-1].text), "job runs as root"
+
+
+def check_wheelhouse_mount(options: dict[str, str], run: str, stage: str, stage_from: str,
+                           base_from: str, buyer: bool) -> None:
+    """The one cache mount: bake's wheelhouse, which only bake's own step may write.
+
+    Read-only anywhere (uv reads it, with no index); writable only in the ``bake-wheels``
+    stage on the base, whose one step runs bake's fetch script isolated and without site
+    (no .pth of any package) on a list bake wrote, with no secret but the relay's address
+    and the CA bundle.
+    """
+    mount = ",".join(f"{k}={v}" if v else k for k, v in options.items())
+    assert options.get("id") == CACHE_ID and options.get("target") == WHEELHOUSE, (
+        f"a cache mount other than bake's wheelhouse: {mount}")
+    if "readonly" in options or "ro" in options:
+        return
+    assert not buyer, f"a writable wheelhouse where buyer code may run: {mount}"
+    assert stage == "bake-wheels" and stage_from == base_from, (
+        f"a writable wheelhouse outside bake's own step on the base: {mount}")
+    command = run.split(" python3 ", 1)[-1]
+    assert command.startswith("-I -S /tmp/bake/wheelhouse/wheelfetch.py "), run
+    binds = [m for m in MOUNT.findall(run) if m.startswith("type=bind")]
+    assert binds == ["type=bind,source=bake/wheelhouse,target=/tmp/bake/wheelhouse"], binds
+    secrets = re.findall(r"--mount=type=secret,id=(\w+)", run)
+    assert set(secrets) <= {"bake_index", "bake_ca"}, secrets
 
 
 SHAPES = [
@@ -209,9 +262,10 @@ def test_hostile_values_render_the_same_instructions(tmp_path: Path, template: s
     assert "RUN curl" not in evil and "RUN id" not in evil
 
 
-def test_the_templates_use_no_cache_mounts() -> None:
-    """Not even in a branch the tests above might not render: the template files' text."""
-    for path in sorted(BUILTIN_DIR.rglob("Dockerfile.j2")):
+def test_the_templates_spell_no_cache_mount_of_their_own() -> None:
+    """Not even in a branch the tests above might not render: the template files' text.
+    The one cache mount, bake's wheelhouse, comes from bake/stacks/wheelhouse.py."""
+    for path in sorted((*BUILTIN_DIR.rglob("Dockerfile.j2"), *BUILTIN_DIR.rglob("*.j2"))):
         text = path.read_text()
         assert "type=cache" not in text and "type=ssh" not in text, path
         assert not re.search(r"^\s*ADD\s", text, re.MULTILINE), f"{path} uses ADD"
@@ -225,8 +279,23 @@ def test_a_template_that_adds_a_url_is_caught(tmp_path: Path) -> None:
         check_dockerfile(bad.replace("{{ base }}", "python:3.11-slim"), "python:3.11-slim")
     cache = ("FROM python:3.11-slim AS deps\nRUN --mount=type=cache,target=/root/.cache "
              "pip install x\nUSER 10001:10001\n")
-    with pytest.raises(AssertionError, match="type=cache"):
+    with pytest.raises(AssertionError, match="other than bake's wheelhouse"):
         check_dockerfile(cache, "python:3.11-slim")
+    # The wheelhouse itself, writable where the job's venv is (a .pth could plant wheels):
+    writable = (f"FROM python:3.11-slim AS deps\nRUN --mount=type=cache,id={CACHE_ID},"
+                f"target={WHEELHOUSE},sharing=shared /opt/venv/bin/python -c 1\n"
+                "USER 10001:10001\n")
+    with pytest.raises(AssertionError, match="writable wheelhouse where buyer code"):
+        check_dockerfile(writable, "python:3.11-slim")
+    # ... or a seller secret where it is:
+    secret = ("FROM python:3.11-slim AS deps\nRUN --mount=type=secret,id=hf_token "
+              "python3 -m venv /opt/venv\nUSER 10001:10001\n")
+    with pytest.raises(AssertionError, match="a secret where buyer code runs"):
+        check_dockerfile(secret, "python:3.11-slim")
+    stacked = "FROM bake:" + "a" * 64 + " AS deps\nUSER 1:1\n"
+    with pytest.raises(AssertionError, match="FROM of an outside image"):
+        check_dockerfile(stacked, "python:3.11-slim")
+    check_dockerfile(stacked, "python:3.11-slim", stacks=("bake:" + "a" * 64,))
     outside = "FROM python:3.11-slim\nCOPY --from=evil/image:latest / /\nUSER 1:1\n"
     with pytest.raises(AssertionError, match="COPY from outside"):
         check_dockerfile(outside, "python:3.11-slim")
@@ -242,9 +311,11 @@ CA = "/etc/ssl/certs/seller-ca.pem"
 VALUE_OPTIONS = {
     "--iidfile": re.compile(r"/w/iid"),
     "--build-arg": re.compile("(" + "|".join(PROXY_ARGS) + r")=(http://172\.17\.0\.1:39100)?"
-                              r"|BUILDKIT_INLINE_CACHE=1"),
+                              r"|BUILDKIT_INLINE_CACHE=1|BAKE_(WHEELHOUSE_NONCE|NO_CACHE)=[0-9a-f]{32}"),
     "--label": re.compile(r"(bake\.key|bake\.manifest|bake\.locked|bake\.template|"
-                          r"org\.opencontainers\.image\.(title|base\.name|base\.digest))=.*",
+                          r"org\.opencontainers\.image\.(title|base\.name|base\.digest))=.*"
+                          r"|bake\.stack=(\{.*\})?|bake\.stack\.variant="
+                          r"|bake\.stack\.parent=([0-9a-f]{64})?",
                           re.DOTALL),
     "--secret": re.compile(r"id=(bake_pip|bake_index|bake_hf_endpoint|hf_token),src=/w/secrets/\1"
                            rf"|id=bake_ca,src={CA}"),
@@ -295,8 +366,19 @@ def test_hostile_spec_values_never_become_docker_arguments(tmp_path: Path, proxy
                                 requirements=True, only_binary=False))
     plan = planned(job, network=proxy, no_cache=no_cache)
     argv = plan.build_plan(Path("/w"), proxy_url="http://172.17.0.1:39100" if proxy else None,
-                           cache_from=plan.cache_candidates).argv
+                           cache_from=plan.cache_candidates, nonce="f" * 32).argv
     check_argv(argv)
+    assert "BAKE_WHEELHOUSE_NONCE=" + "f" * 32 in argv  # the wheelhouse step runs every time
+    # --no-cache runs every step again, but never with BuildKit's own --no-cache, which
+    # would throw the engine's shared wheelhouse away.
+    assert "--no-cache" not in argv
+    assert ("BAKE_NO_CACHE=" + "f" * 32 in argv) is no_cache
+    if no_cache:
+        dockerfile = plan.context.dockerfile
+        stages = [line for line in dockerfile.splitlines() if line.startswith("FROM ")]
+        # Every stage but bake's tool stage (pinned by hash: building it again proves nothing).
+        tool = sum(line.endswith(" AS bake-tool") for line in stages)
+        assert dockerfile.count("\nARG BAKE_NO_CACHE\n") == len(stages) - tool
     assert ("--cache-from" in argv) is not no_cache  # the deps twin, as the pipeline passes it
     assert "BUILDKIT_INLINE_CACHE=1" in argv
     # The hostile name is one argument, glued to its label key.

@@ -9,12 +9,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
 
 from bake.builder.render import render
 from bake.job import ResolvedJob
+from bake.stacks.wheelhouse import CACHE_ID, MOUNT
 from tests.conftest import write_job
 from tests.unit.helpers import resolved
 
@@ -96,7 +98,23 @@ def test_dockerfile_targets_the_builtin_frontend(tmp_path: Path) -> None:
     assert "# syntax" not in dockerfile  # would pull a frontend image from a registry
     assert "<<" not in dockerfile  # heredocs: not in Engine 20.10's frontend
     assert "--network" not in dockerfile and "--security" not in dockerfile
-    assert "type=cache" not in dockerfile  # shared caches let one job plant files for another
+
+
+def test_the_one_shared_cache_is_written_only_by_bakes_own_step(tmp_path: Path) -> None:
+    """A cache shared between jobs would let one job plant files for another: the
+    wheelhouse is the only one, writable in bake's wheelhouse step alone (no buyer code)
+    and read-only where the job's venv is installed."""
+    job = resolved(write_job(tmp_path, CASES["python-requirements"][0], {"main.py": "x"}))
+    stages = _stages(render(job, ca_bundle=True).dockerfile)
+    caches = {name: re.findall(r"--mount=type=cache,\S+", text) for name, text in stages.items()}
+    assert caches == {
+        "bake-tool": [], "job": [],
+        "bake-wheels": [f"--mount=type=cache,id={CACHE_ID},target={MOUNT},sharing=shared"],
+        "deps": [f"--mount=type=cache,id={CACHE_ID},target={MOUNT},readonly"],
+    }
+    # The sdist step (buyer code: the sdist's build) does not mount it at all.
+    sdist = hub_resolved(write_job(tmp_path / "s", CASES["python-ca-sdist"][0]))
+    assert "type=cache" not in render(sdist, ca_bundle=True).dockerfile
 
 
 def test_the_lock_travels_as_files_not_as_dockerfile_text(tmp_path: Path) -> None:
@@ -105,12 +123,14 @@ def test_the_lock_travels_as_files_not_as_dockerfile_text(tmp_path: Path) -> Non
     assert "six" not in context.dockerfile
     files = {f.path: f for f in context.files}
     (six,) = job.lock.distributions
-    # Exactly the locked file, by name, version and hash (uv --require-hashes --no-deps) ...
-    assert files["bake/install/requirements.txt"].data == (
-        f"six==1.16.0 --hash=sha256:{six.sha256}\n".encode())
-    # ... fetched by its locked URL and checked by wheelfetch.py.
-    assert json.loads(files["bake/install/files.json"].data or b"") == [
-        {"file": six.file, "url": six.url, "sha256": six.sha256}]
+    # Exactly the locked file, by name, version and hash (uv --require-hashes --no-deps),
+    # from its own folder in the wheelhouse ...
+    assert files["bake/install/wheels.txt"].data == (
+        f"--find-links {MOUNT}/{six.sha256}\nsix==1.16.0 --hash=sha256:{six.sha256}\n".encode())
+    # ... where bake's wheelhouse step puts it, fetched by its locked URL and checked.
+    assert json.loads(files["bake/wheelhouse/files.json"].data or b"") == {
+        "format": 1, "refetch": False,
+        "files": [{"file": six.file, "url": six.url, "sha256": six.sha256}]}
 
 
 def test_context_holds_exactly_the_declared_files(tmp_path: Path) -> None:
@@ -119,8 +139,9 @@ def test_context_holds_exactly_the_declared_files(tmp_path: Path) -> None:
     context = render(resolved(spec_path), ca_bundle=False)
     out = context.write(tmp_path / "ctx")
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    assert written == ["Dockerfile", "bake/install/files.json", "bake/install/requirements.txt",
-                       "bake/install/wheelfetch.py", "bake/tool-requirements.txt", "job/main.py"]
+    assert written == ["Dockerfile", "bake/install/wheels.txt", "bake/tool-requirements.txt",
+                       "bake/wheelhouse/files.json", "bake/wheelhouse/wheelfetch.py",
+                       "job/main.py"]
 
 
 def test_rendering_is_deterministic(tmp_path: Path) -> None:
@@ -152,7 +173,8 @@ def test_each_repo_is_fetched_in_its_own_stage_and_copied_as_its_own_layer(
     job = _hub_job(tmp_path)
     dockerfile = render(job, ca_bundle=False).dockerfile
     stages = _stages(dockerfile)
-    assert list(stages) == ["bake-tool", "deps", "fetcher", "hub-0", "hub-1", "job"]
+    assert list(stages) == ["bake-tool", "bake-wheels", "deps", "fetcher", "hub-0", "hub-1",
+                            "job"]
     job_stage = stages["job"].splitlines()
     copies = [i for i, line in enumerate(job_stage) if line.startswith("COPY --from=hub-")]
     job_files = job_stage.index("COPY job/ /job/")
@@ -209,9 +231,9 @@ def test_hub_context_holds_the_client_pin_the_script_and_one_spec_per_repo(
     out = context.write(tmp_path / "ctx")
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert written == ["Dockerfile", "bake/hub-client.txt", "bake/hub/0.json", "bake/hub/1.json",
-                       "bake/hubfetch.py", "bake/install/files.json",
-                       "bake/install/requirements.txt", "bake/install/wheelfetch.py",
-                       "bake/tool-requirements.txt", "job/main.py"]
+                       "bake/hubfetch.py", "bake/install/wheels.txt",
+                       "bake/tool-requirements.txt", "bake/wheelhouse/files.json",
+                       "bake/wheelhouse/wheelfetch.py", "job/main.py"]
     pins = [line for line in (out / "bake/hub-client.txt").read_text().splitlines()
             if line and not line.startswith("#")]
     assert pins and all(line.startswith("huggingface_hub==") for line in pins)

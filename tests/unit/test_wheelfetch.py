@@ -1,75 +1,225 @@
-"""wheelfetch.py, the locked install step's fetcher: exactly the locked files, each checked.
+"""bake's fetch step (``_base/wheelfetch.py``) against a loopback server.
 
-Run as the build step runs it (a script, standard library only) against a local HTTP server
-on loopback; the proxy variables are cleared, so it fetches directly."""
+What it promises: only the listed files, each checked against its sha256 before it is
+linked into ``<folder>/<sha256>/<file>``; other bytes are never kept; a file in place is
+replaced only when asked to fetch again (``refetch``), by bytes just checked; a file already
+there costs no request (unless ``refetch``); a relay path is fetched from the relay named
+in the ``bake_index`` secret; one line per fetched file.
+"""
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import json
+import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bake" / "templates" / "_base" / "wheelfetch.py"
+from bake.stacks.choice import Wheel
+from bake.stacks.wheelhouse import fetch_list
+from bake.templates import BUILTIN_DIR
+
+SCRIPT = BUILTIN_DIR / "_base" / "wheelfetch.py"
 
 
-class _Quiet(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+def _load() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bake_wheelfetch", SCRIPT)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@dataclass
+class Server:
+    root: Path
+    origin: str
+    requests: list[str]
+
+    def put(self, name: str, data: bytes) -> Wheel:
+        (self.root / "files").mkdir(exist_ok=True)
+        (self.root / "files" / name).write_bytes(data)
+        project, version = name.split("-")[:2]
+        return Wheel(project, version, name, hashlib.sha256(data).hexdigest(),
+                     f"{self.origin}/files/{name}")
 
 
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+def server(tmp_path: Path) -> Iterator[Server]:
     root = tmp_path / "served"
     root.mkdir()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    log: list[str] = []
+
+    class Handler(SimpleHTTPRequestHandler):
+        def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+            log.append(self.path)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    http = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
+    thread = threading.Thread(target=http.serve_forever, args=(0.05,), daemon=True)
     thread.start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    try:
+        yield Server(root, f"http://127.0.0.1:{http.server_address[1]}", log)
+    finally:
+        http.shutdown()
+        http.server_close()
 
 
-def _run(files: list[dict[str, str]], out: Path,
-         tmp_path: Path) -> subprocess.CompletedProcess[str]:
+@pytest.fixture
+def step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """The script as a module, its /run/secrets a folder of the test's."""
+    module = _load()
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    monkeypatch.setattr(module, "SECRETS", str(secrets))
+    monkeypatch.setattr(module, "TRIES", 1)
+    return module
+
+
+def _run(step: ModuleType, tmp_path: Path, *files: Wheel,
+         refetch: bool = False) -> tuple[Path, Path]:
     spec = tmp_path / "files.json"
-    spec.write_text(json.dumps(files))
-    return subprocess.run([sys.executable, str(SCRIPT), str(spec), str(out)],
-                          capture_output=True, text=True, timeout=60,
-                          env={"PATH": "/usr/bin:/bin"})
+    spec.write_bytes(fetch_list(files, refetch=refetch))
+    folder, out = tmp_path / "wheelhouse", tmp_path / "stage" / "bake" / "wheelhouse.txt"
+    folder.mkdir(exist_ok=True)
+    step.main([str(spec), str(folder), str(out)])
+    return folder, out
 
 
-def test_the_locked_files_are_fetched_checked_and_logged(served: tuple[Path, str],
-                                                         tmp_path: Path) -> None:
-    root, origin = served
-    (root / "a-1.0-py3-none-any.whl").write_bytes(b"wheel a")
-    digest = hashlib.sha256(b"wheel a").hexdigest()
-    proc = _run([{"file": "a-1.0-py3-none-any.whl", "url": f"{origin}/a-1.0-py3-none-any.whl",
-                  "sha256": digest}], tmp_path / "out", tmp_path)
+def test_fetches_only_whats_missing_checks_it_and_links_it_by_hash(
+        step: ModuleType, server: Server, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    a = server.put("alpha-1.0-py3-none-any.whl", b"alpha bytes")
+    b = server.put("beta-2.0-py3-none-any.whl", b"beta bytes")
+    folder, out = _run(step, tmp_path, a, b)
+    assert (folder / a.sha256 / a.file).read_bytes() == b"alpha bytes"
+    assert (folder / b.sha256 / b.file).read_bytes() == b"beta bytes"
+    assert out.read_text().splitlines() == sorted(f"{w.sha256} {w.file}" for w in (a, b))
+    assert list((folder / ".incoming").iterdir()) == []
+    logged = capsys.readouterr().out
+    # One line per file, as the build's log keeps it (reconciled with the lock).
+    assert f"bake-install: fetched {a.file} sha256:{a.sha256} 11 bytes from 127.0.0.1" in logged
+    assert "2 fetched" in logged
+    server.requests.clear()
+    _, again = _run(step, tmp_path, a, b)
+    assert server.requests == []  # all there: no request at all
+    assert again.read_text() == out.read_text()  # the same output: the install step stays cached
+
+
+def test_refetch_checks_every_file_again_and_mends_a_changed_copy(
+        step: ModuleType, server: Server, tmp_path: Path) -> None:
+    a = server.put("alpha-1.0-py3-none-any.whl", b"alpha bytes")
+    folder, _ = _run(step, tmp_path, a)
+    kept = folder / a.sha256 / a.file
+    kept.write_bytes(b"rotted on disk")  # what no step of bake's writes, but a disk may
+    server.requests.clear()
+    _run(step, tmp_path, a)
+    assert server.requests == [] and kept.read_bytes() == b"rotted on disk"  # not looked at
+    _run(step, tmp_path, a, refetch=True)  # bake build --no-cache
+    assert server.requests == [f"/files/{a.file}"]
+    assert kept.read_bytes() == b"alpha bytes"
+    # ... and other bytes under the name fail, leaving the good ones in place.
+    (server.root / "files" / a.file).write_bytes(b"tampered")
+    with pytest.raises(step.Failed, match=r"does not match bake\.lock"):
+        _run(step, tmp_path, a, refetch=True)
+    assert kept.read_bytes() == b"alpha bytes"
+
+
+def test_other_bytes_under_a_locked_name_are_never_kept(
+        step: ModuleType, server: Server, tmp_path: Path) -> None:
+    locked = server.put("alpha-1.0-py3-none-any.whl", b"the locked bytes")
+    (server.root / "files" / locked.file).write_bytes(b"tampered bytes")
+    with pytest.raises(step.Failed) as failed:
+        _run(step, tmp_path, locked)
+    received = hashlib.sha256(b"tampered bytes").hexdigest()
+    assert str(failed.value) == (
+        f"error: {locked.file} does not match bake.lock: expected sha256:{locked.sha256}, "
+        f"received sha256:{received} (14 bytes from 127.0.0.1:"
+        f"{server.origin.rsplit(':', 1)[1]})")
+    folder = tmp_path / "wheelhouse"
+    assert not (folder / locked.sha256).exists()
+    assert list((folder / ".incoming").iterdir()) == []
+
+
+def test_a_relay_path_is_fetched_from_the_relay_in_the_secret(
+        step: ModuleType, server: Server, tmp_path: Path) -> None:
+    a = server.put("alpha-1.0-py3-none-any.whl", b"alpha bytes")
+    (Path(step.SECRETS) / "bake_index").write_text(f"{server.origin}/bake-index/simple/\n")
+    relayed = Wheel(a.name, a.version, a.file, a.sha256, f"/files/{a.file}")
+    folder, _ = _run(step, tmp_path, relayed)
+    assert (folder / a.sha256 / a.file).read_bytes() == b"alpha bytes"
+    assert server.requests == [f"/files/{a.file}"]
+
+
+def test_a_missing_file_is_one_line_and_no_retry(step: ModuleType, server: Server,
+                                                 tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(step, "TRIES", 3)
+    gone = Wheel("alpha", "1.0", "alpha-1.0-py3-none-any.whl", "a" * 64,
+                 f"{server.origin}/files/alpha-1.0-py3-none-any.whl")
+    with pytest.raises(step.Failed, match="answered HTTP 404"):
+        _run(step, tmp_path, gone)
+    assert len(server.requests) == 1
+
+
+def test_a_list_bake_did_not_write_is_refused(step: ModuleType, tmp_path: Path) -> None:
+    spec = tmp_path / "files.json"
+    spec.write_text(json.dumps({"format": 1, "refetch": False, "files": [
+        {"file": "../../x-1.0-py3-none-any.whl", "sha256": "a" * 64,
+         "url": "http://127.0.0.1:9/x"}]}))
+    folder = tmp_path / "wheelhouse"
+    folder.mkdir()
+    with pytest.raises(step.Usage, match="bad entry"):
+        step.main([str(spec), str(folder), str(tmp_path / "out")])
+    assert list(folder.iterdir()) == []
+
+
+def test_downloads_a_dead_build_left_are_swept(step: ModuleType, server: Server,
+                                               tmp_path: Path) -> None:
+    incoming = tmp_path / "wheelhouse" / ".incoming"
+    incoming.mkdir(parents=True)
+    old, fresh = incoming / "x.part", incoming / "y.part"
+    old.write_bytes(b"half")
+    fresh.write_bytes(b"in flight")
+    past = time.time() - 2 * 3600
+    os.utime(old, (past, past))
+    _run(step, tmp_path, server.put("alpha-1.0-py3-none-any.whl", b"a"))
+    assert not old.exists() and fresh.exists()
+
+
+def test_it_runs_isolated_with_no_site_as_the_step_runs_it(server: Server,
+                                                           tmp_path: Path) -> None:
+    """``python3 -I -S``: the standard library only, no .pth of any installed package."""
+    a = server.put("alpha-1.0-py3-none-any.whl", b"alpha bytes")
+    spec = tmp_path / "files.json"
+    spec.write_bytes(fetch_list([a]))
+    folder = tmp_path / "wheelhouse"
+    folder.mkdir()
+    env = {"PATH": os.environ.get("PATH", "/usr/bin")}
+    proc = subprocess.run([sys.executable, "-I", "-S", str(SCRIPT), str(spec), str(folder),
+                           str(tmp_path / "out.txt")],
+                          capture_output=True, text=True, env=env, timeout=60, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert (tmp_path / "out" / "a-1.0-py3-none-any.whl").read_bytes() == b"wheel a"
-    assert f"bake-install: fetched a-1.0-py3-none-any.whl sha256:{digest} 7 bytes" in proc.stdout
-
-
-def test_other_bytes_fail_naming_the_file_and_both_digests_and_are_not_kept(
-        served: tuple[Path, str], tmp_path: Path) -> None:
-    root, origin = served
-    (root / "a-1.0-py3-none-any.whl").write_bytes(b"evil")
-    locked = hashlib.sha256(b"wheel a").hexdigest()
-    proc = _run([{"file": "a-1.0-py3-none-any.whl", "url": f"{origin}/a-1.0-py3-none-any.whl",
-                  "sha256": locked}], tmp_path / "out", tmp_path)
-    assert proc.returncode == 1
-    assert (f"bake-install: error: a-1.0-py3-none-any.whl does not match bake.lock: expected "
-            f"sha256:{locked}, received sha256:{hashlib.sha256(b'evil').hexdigest()}"
-            ) in proc.stdout
-    assert not (tmp_path / "out" / "a-1.0-py3-none-any.whl").exists()
+    assert (folder / a.sha256 / a.file).read_bytes() == b"alpha bytes"
+    bad = tmp_path / "bad.json"
+    bad.write_text("[]")
+    proc = subprocess.run([sys.executable, "-I", "-S", str(SCRIPT), str(bad), str(folder),
+                           str(tmp_path / "out.txt")],
+                          capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert proc.returncode == 2 and proc.stdout.startswith("bake-install: error:")
 
 
 @pytest.mark.parametrize("entry", [
@@ -80,5 +230,12 @@ def test_other_bytes_fail_naming_the_file_and_both_digests_and_are_not_kept(
     {"file": "x.whl", "url": "http://h/x.whl", "sha256": "0" * 64, "extra": "1"},
 ])
 def test_a_bad_entry_is_refused_before_any_fetch(entry: dict[str, str], tmp_path: Path) -> None:
-    proc = _run([entry], tmp_path / "out", tmp_path)
+    spec = tmp_path / "files.json"
+    spec.write_text(json.dumps({"format": 1, "refetch": False, "files": [entry]}))
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    proc = subprocess.run([sys.executable, "-I", "-S", str(SCRIPT), str(spec), str(folder),
+                           str(tmp_path / "out")], capture_output=True, text=True, timeout=60,
+                          env={"PATH": "/usr/bin:/bin"}, check=False)
     assert proc.returncode == 2, proc.stdout
+    assert list(folder.iterdir()) == []

@@ -8,24 +8,24 @@ RUN --mount=type=bind,source=bake/tool-requirements.txt,target=/tmp/bake/tool-re
       --require-hashes --no-deps -r /tmp/bake/tool-requirements.txt
 
 FROM python:3.11-slim AS deps
-# One layer: the virtual env and exactly the locked files (bake.lock).  wheelfetch.py
-# fetches each locked file by its URL through the proxy, checks its sha256 and logs
-# it (the build's log reconciles with the lock); bake's uv installs them from that
-# folder with --require-hashes --no-deps: no resolution, no other bytes.  The tool
-# venv is mounted read-only, never copied in; the fetched files stay in a tmpfs.
+# The sdists (only_binary = false), built here, in the job's own step: buyer code, so
+# the wheelhouse is not mounted at all.  wheelfetch.py fetches them by their locked URL
+# into a tmpfs and checks each sha256; uv builds and installs them (--require-hashes
+# --no-deps), asking the proxy's relay of the index (no credentials) for their build
+# dependencies.
 RUN --mount=type=bind,from=bake-tool,source=/opt/bake/tool,target=/opt/bake/tool \
-    --mount=type=bind,source=bake/install,target=/tmp/bake/install \
-    --mount=type=tmpfs,target=/tmp/bake/wheels \
+    --mount=type=bind,source=bake/install/sdists,target=/tmp/bake/install \
+    --mount=type=tmpfs,target=/tmp/bake/sdists \
     --mount=type=secret,id=bake_index,target=/run/secrets/bake_index,required=true \
     --mount=type=secret,id=bake_ca,target=/run/secrets/bake_ca,required=true \
-    SSL_CERT_FILE=/run/secrets/bake_ca python3 /tmp/bake/install/wheelfetch.py \
-      /tmp/bake/install/files.json /tmp/bake/wheels \
- && python3 -m venv /opt/venv \
+    python3 -I -S /tmp/bake/install/wheelfetch.py /tmp/bake/install/files.json \
+      /tmp/bake/sdists /tmp/bake/sdists/fetched.txt \
+ && python3 -m venv --without-pip /opt/venv \
  && UV_INDEX_URL="$(cat /run/secrets/bake_index)" UV_NO_CACHE=1 UV_NO_CONFIG=1 \
     UV_PYTHON_DOWNLOADS=never SSL_CERT_FILE=/run/secrets/bake_ca \
     /opt/bake/tool/bin/uv pip install --python /opt/venv/bin/python --no-deps \
-      --require-hashes --find-links /tmp/bake/wheels --compile-bytecode \
-      -r /tmp/bake/install/requirements.txt
+      --require-hashes --compile-bytecode -r /tmp/bake/install/sdists.txt
+
 
 FROM deps AS job
 COPY job/ /job/

@@ -1,5 +1,5 @@
 FROM python:3.11-slim AS deps
-RUN python3 -m venv /opt/venv
+RUN python3 -m venv --without-pip /opt/venv
 
 
 FROM deps AS job

@@ -6,22 +6,31 @@ RUN --mount=type=bind,source=bake/tool-requirements.txt,target=/tmp/bake/tool-re
       --no-input --disable-pip-version-check --no-cache-dir --only-binary=:all: \
       --require-hashes --no-deps -r /tmp/bake/tool-requirements.txt
 
+FROM python:3.11-slim AS bake-wheels
+ARG BAKE_WHEELHOUSE_NONCE
+RUN --mount=type=bind,source=bake/wheelhouse,target=/tmp/bake/wheelhouse \
+    --mount=type=cache,id=bake-wheelhouse-1,target=/opt/bake/wheelhouse,sharing=shared \
+    --mount=type=secret,id=bake_index,target=/run/secrets/bake_index,required=true \
+    python3 -I -S /tmp/bake/wheelhouse/wheelfetch.py /tmp/bake/wheelhouse/files.json \
+      /opt/bake/wheelhouse /bake/wheelhouse.txt
+
 FROM python:3.11-slim AS deps
-# One layer: the virtual env and exactly the locked files (bake.lock).  wheelfetch.py
-# fetches each locked file by its URL through the proxy, checks its sha256 and logs
-# it (the build's log reconciles with the lock); bake's uv installs them from that
-# folder with --require-hashes --no-deps: no resolution, no other bytes.  The tool
-# venv is mounted read-only, never copied in; the fetched files stay in a tmpfs.
+# One layer: exactly the locked wheels the deps lack, from the wheelhouse, which this
+# step mounts read-only (the venv has no pip: it holds the lock and nothing else).  bake's uv (its tool venv, mounted read-only, never copied in)
+# installs them with no index, no network and no secret in reach: --no-index
+# --require-hashes --no-deps, each file from its own sha256 folder.  Installing starts
+# the venv's interpreter (a wheel's .pth runs): it finds nothing to read and nothing to
+# write but this layer.
 RUN --mount=type=bind,from=bake-tool,source=/opt/bake/tool,target=/opt/bake/tool \
-    --mount=type=bind,source=bake/install,target=/tmp/bake/install \
-    --mount=type=tmpfs,target=/tmp/bake/wheels \
-    python3 /tmp/bake/install/wheelfetch.py \
-      /tmp/bake/install/files.json /tmp/bake/wheels \
- && python3 -m venv /opt/venv \
- && UV_NO_CACHE=1 UV_NO_CONFIG=1 UV_PYTHON_DOWNLOADS=never \
+    --mount=type=bind,from=bake-wheels,source=/bake/wheelhouse.txt,target=/tmp/bake/fetched.txt \
+    --mount=type=cache,id=bake-wheelhouse-1,target=/opt/bake/wheelhouse,readonly \
+    --mount=type=bind,source=bake/install/wheels.txt,target=/tmp/bake/wheels.txt \
+    python3 -m venv --without-pip /opt/venv && \
+    UV_NO_CACHE=1 UV_NO_CONFIG=1 UV_OFFLINE=1 UV_PYTHON_DOWNLOADS=never \
     /opt/bake/tool/bin/uv pip install --python /opt/venv/bin/python --no-deps \
-      --require-hashes --offline --no-index --find-links /tmp/bake/wheels \
-      --only-binary :all: --compile-bytecode -r /tmp/bake/install/requirements.txt
+      --require-hashes --no-index --only-binary :all: --compile-bytecode \
+      -r /tmp/bake/wheels.txt
+
 
 FROM deps AS job
 COPY job/ /job/
