@@ -279,9 +279,10 @@ print(json.dumps({{"direct": attempt(direct),
 
 
 def _canary_output(engine: Engine, image: str, what: str, config: dict[str, Any]
-                   ) -> bytes | Proof:
+                   ) -> dict[str, Any] | Proof:
     """Run a canary container to its end (60 s at most) as nobody, with none of the
-    seller's environment: what it printed, or a failed :class:`Proof` saying why."""
+    seller's environment: the JSON object it printed last, or a failed :class:`Proof`
+    saying why."""
     # A name of our own lets the finally clause remove the canary even when a Ctrl-C
     # or SIGTERM lands after the Engine created it but before create returned its id.
     name = f"bake-canary-{uuid.uuid4().hex[:16]}"
@@ -301,12 +302,17 @@ def _canary_output(engine: Engine, image: str, what: str, config: dict[str, Any]
             return Proof(False, f"the {what} in {image} did not finish within 60 s")
         if code != 0:
             return Proof(False, f"the {what} failed to run in {image}: exit {code}")
-        return engine.container_output(ident)
+        output = engine.container_output(ident)
     except EngineError as exc:
         raise EngineError(f"cannot run the {what} in {image}: {exc.message}",
                           hint=exc.hint) from exc
     finally:
         engine.discard_container(name, in_flight=not created)
+    try:
+        checks = json.loads(output.decode().strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return Proof(False, f"the {what} printed nothing readable")
+    return checks if isinstance(checks, dict) else Proof(False, f"the {what} printed no object")
 
 
 def prove(engine: Engine, image: str, proxy: RunningProxy) -> Proof:
@@ -326,10 +332,7 @@ def prove(engine: Engine, image: str, proxy: RunningProxy) -> Proof:
         listener.close()
     if isinstance(output, Proof):
         return output
-    try:
-        checks = json.loads(output.decode().strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        return Proof(False, "the canary printed nothing readable")
+    checks = output
     checks["forward_rules"] = rules
     direct_blocked = str(checks.get("direct", "")).startswith("failed")
     proxy_answers = str(checks.get("proxy", "")).startswith("HTTP/1.")
@@ -647,10 +650,7 @@ def prove_nodes(engine: Engine, image: str, python: str, network: str, gateway: 
         bait.close()
     if isinstance(output, Proof):
         return output
-    try:
-        checks = json.loads(output.decode().strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        return Proof(False, "the node canary printed nothing readable")
+    checks = output
     checks["arrived"] = bait.arrived
     checks["node_rules"] = rules
     reached = sorted(a for a, r in checks.get("targets", {}).items() if not r.startswith("failed"))
