@@ -63,6 +63,13 @@ class LocalRegistry:
         """A repository only this run uses, so that prune touches nothing else."""
         return f"{self.address}/bake-test-{name}-{uuid.uuid4().hex[:8]}"
 
+    def forget_local(self, repository: str) -> None:
+        """Remove every image of ``repository`` from the local engine (a test's own)."""
+        listed = docker("images", "--format", "{{.Repository}}:{{.Tag}}", check=False).stdout
+        ours = [ref for ref in listed.split() if ref.rpartition(":")[0] == repository]
+        if ours:
+            docker("rmi", "-f", *ours, check=False)
+
     def has(self, image: str) -> bool:
         """Does the registry hold ``image``?  Asked over the Registry API, not through bake."""
         repository, _, tag = image.rpartition(":")

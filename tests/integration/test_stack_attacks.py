@@ -16,7 +16,6 @@ a secret, in the steps where buyer code runs).
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -190,11 +189,7 @@ def hub(engine: None) -> Iterator[RunningHub]:
 def repository(registry: LocalRegistry) -> Iterator[str]:
     repo = registry.repository("attacks")
     yield repo
-    listed = subprocess.run(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}"],
-                            capture_output=True, text=True, check=False).stdout.split()
-    ours = [ref for ref in listed if ref.rpartition(":")[0] == repo]
-    if ours:
-        subprocess.run(["docker", "rmi", "-f", *ours], capture_output=True, check=False)
+    registry.forget_local(repo)
 
 
 @pytest.fixture

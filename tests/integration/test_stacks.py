@@ -100,11 +100,7 @@ def repository(registry: LocalRegistry) -> Iterator[str]:
     """This module's repository; every image of it is removed at the end."""
     repo = registry.repository("stacks")
     yield repo
-    listed = subprocess.run(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}"],
-                            capture_output=True, text=True, check=False).stdout.split()
-    ours = [ref for ref in listed if ref.rpartition(":")[0] == repo]
-    if ours:
-        subprocess.run(["docker", "rmi", "-f", *ours], capture_output=True, check=False)
+    registry.forget_local(repo)
 
 
 @dataclass
