@@ -2,12 +2,11 @@
 
     settings -> spec -> resolve (base digest, file digests) -> lock -> key -> local hit
 
-Every verb of :mod:`bake.pipeline` starts here, and so does the fast path
-(:mod:`bake.fast`), which answers a key hit before the CLI is even imported.
-That is why this act is a module of its own: it loads only what these stages
-need (no jinja2, asyncio, packaging, docker CLI driver, registry client or proxy),
-which measured is half of what a key hit may cost; the rest of the story, which
-does need them, stays in :mod:`bake.pipeline`.
+Every verb of :mod:`bake.pipeline` starts here.  Each lookup of a spec on disk
+writes down what it read (:mod:`bake.cache.hits`), and the fast path
+(:mod:`bake.fast`) answers the next key hit from that record, loading none of
+this act's modules.  The act is a module of its own because it is one story the
+verbs share and the fast path's records describe: what a key depends on.
 
 The lock stage (:func:`bake.lock.locking.lock_for`) answers from a shipped
 ``bake.lock`` or a fresh resolver cache entry; anything else needs the resolvers,
