@@ -384,6 +384,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as the client's connection pool expects
     server_version = "bake-hubserver/1"
     server: _Server
+    _recorded = False  # this request is in state.requests
     timeout = 60  # an idle keep-alive connection is dropped after this
 
     def setup(self) -> None:
@@ -399,6 +400,9 @@ class _Handler(BaseHTTPRequestHandler):
         pass  # requests are recorded in .requests; stderr stays quiet for tests and the demo
 
     def send_response(self, code: int, message: str | None = None) -> None:
+        # Record the request before a byte of the answer leaves: a client that has its answer
+        # (and a test that then reads .requests) must find the request already there.
+        self._record(code)
         super().send_response(code, message)
         if self.close_connection:
             # Say so when the request asked for "Connection: close" (bake's egress proxy does, to
@@ -420,22 +424,28 @@ class _Handler(BaseHTTPRequestHandler):
     # -- dispatch ---------------------------------------------------------------------------------
 
     def _serve(self, *, head: bool) -> None:
-        status = 500
-        auth = self.headers.get("Authorization")
+        self._recorded = False
+        unanswered = 500  # what is recorded if no answer was started
         try:
-            authorized = self._check_token(auth)
-            status = self._route(head=head, authorized=authorized)
+            authorized = self._check_token(self.headers.get("Authorization"))
+            self._route(head=head, authorized=authorized)
         except _HubError as err:
-            status = err.status
             self._send_error(err, head=head)
         except (BrokenPipeError, ConnectionResetError):
-            status = 499  # the client went away mid-response
+            unanswered = 499  # the client went away before its answer
             self.close_connection = True
         finally:
-            with self.server.state.lock:
-                self.server.state.requests.append(
-                    RecordedRequest(self.command, self.path, auth is not None, status)
-                )
+            self._record(unanswered)
+
+    def _record(self, status: int) -> None:
+        if self._recorded:
+            return
+        self._recorded = True
+        request = RecordedRequest(
+            self.command, self.path, self.headers.get("Authorization") is not None, status
+        )
+        with self.server.state.lock:
+            self.server.state.requests.append(request)
 
     def _check_token(self, auth: str | None) -> bool:
         if auth is None:
