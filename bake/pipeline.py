@@ -1058,8 +1058,9 @@ def _prebake_variant(template: Template, variant: Variant, cfg: Settings, engine
 
 def _bake_stack(found: Lookup, variant: str, registry: Registry | None, report: Reporter, *,
                 started: float) -> BuildResult:
-    """Bake a variant's stack on its base (a prebaked stack is its base and one layer of
-    wheels: the same shape on every machine), and push it when ``registry`` is given."""
+    """Bake a variant's stack on its base (a prebaked stack is its base and its install
+    layers of wheels: the same shape on every machine), and push it when ``registry`` is
+    given."""
     cfg, engine = found.settings, found.engine
     plan = plan_stack(found, cli=find_cli(cfg.build.docker_cli, cfg.env.docker_config),
                       gateway=_gateway(found), on=_on_base(found), variant=variant)

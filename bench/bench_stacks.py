@@ -286,7 +286,8 @@ def main() -> None:
     print(f"cold torch job:   bake build {cold_s:.1f} s  vs  pip step {pip_s:.1f} s  "
           f"ratio {cold_s / pip_s:.2f} (goal <= 0.6); with its resolution (bake lock "
           f"{lock_s:.1f} s) {(lock_s + cold_s) / pip_s:.2f}")
-    print(f"  until the image export (6 GB layer, the engine's own cost, alike for both): bake "
+    print(f"  until the image export (6 GB of deps: bake's in two layers, which the engine "
+          f"writes out in parallel; pip's in one): bake "
           f"{cold_steps:.1f} s vs pip {pip_steps:.1f} s, ratio {cold_steps / pip_steps:.2f}; "
           f"export bake {cold_s - cold_steps:.1f} s, pip {pip_s - pip_steps:.1f} s")
     print(f"  bake steps {steps}; .pyc files: bake {cold_pyc}, pip {pip_pyc}; bake fetched "

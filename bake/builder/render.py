@@ -3,9 +3,10 @@
 The context holds exactly: ``Dockerfile``; when the job installs anything,
 ``bake/tool-requirements.txt`` (bake's tool stage: uv, hash-pinned); for the locked wheels
 its stack lacks (:mod:`bake.stacks`), ``bake/wheelhouse/`` (``files.json``: each one's URL
-and sha256, and ``wheelfetch.py``, bake's step that fetches and checks them into the
-shared wheelhouse) and ``bake/install/wheels.txt`` (``name==version --hash=sha256:...``
-and each one's wheelhouse folder, for uv's ``--no-index --require-hashes --no-deps``);
+and sha256; ``wheelfetch.py``, bake's step that fetches and checks them into the shared
+wheelhouse; and ``wheels.txt``, ``name==version --hash=sha256:...`` and each one's
+wheelhouse folder, for uv's ``--no-index --require-hashes --no-deps``, which that step
+deals out into the install layers);
 for its sdists, ``bake/install/sdists/`` (the same three, for the job's own step);
 when the job fetches from the Hub, ``bake/hub-client.txt`` (the fetch stages' pinned
 client), ``bake/hubfetch.py`` and ``bake/hub/<n>.json`` (each repo's commit and every
@@ -37,6 +38,7 @@ from ..stacks.wheelhouse import (
     NONCE_ARG,
     SDISTS,
     fetch_list,
+    install_parts,
     install_requirements,
 )
 
@@ -173,6 +175,7 @@ def render(job: ResolvedJob, *, ca_bundle: bool, hub_token: bool = False,
         install_mount=INSTALL_MOUNT,
         wheelhouse=MOUNT,
         fetched=FETCHED,
+        install_parts=install_parts(len(wheels)),
         sdist_folder=SDISTS,
         no_cache=no_cache,
     )
@@ -185,7 +188,7 @@ def render(job: ResolvedJob, *, ca_bundle: bool, hub_token: bool = False,
         files += [
             ContextFile("bake/wheelhouse/files.json", fetch_list(wheels, refetch=no_cache)),
             ContextFile("bake/wheelhouse/wheelfetch.py", source=fetcher),
-            ContextFile("bake/install/wheels.txt", install_requirements(wheels)),
+            ContextFile("bake/wheelhouse/wheels.txt", install_requirements(wheels)),
         ]
     if sdists:
         files += [

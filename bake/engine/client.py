@@ -293,6 +293,14 @@ class Engine:
             raise self._fail(f"inspect {ref}", status, data)
         return data
 
+    def image_history(self, ref: str) -> list[dict[str, Any]]:
+        """The image's layers and steps, newest first (``docker history``): each with its
+        ``CreatedBy`` and ``Size``."""
+        status, data = self._call("GET", f"/images/{quote(ref, safe='')}/history")
+        if status != 200 or not isinstance(data, list):
+            raise self._fail(f"history of {ref}", status, data)
+        return data
+
     def has_image(self, ref: str) -> bool:
         return self.inspect_image(ref) is not None
 

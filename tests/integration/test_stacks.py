@@ -61,6 +61,12 @@ for name in ("alpha", "beta", "gamma", "delta"):
         pass
 """
 
+MAIN_ALL = """\
+import heavy, bulky, delta
+print(heavy.__name__, bulky.__name__, delta.__name__)
+"""
+MIB = 1 << 20
+
 
 def _module(name: str, version: str) -> dict[str, str]:
     return {f"{name}.py": f"VERSION = {version!r}\nRUN = {RUN!r}\n"}
@@ -80,6 +86,9 @@ def index(engine: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ru
     for name, version in (("alpha", "1.0"), ("alpha", "1.1"), ("beta", "1.0"),
                           ("gamma", "1.0"), ("delta", "1.0")):
         wheel(files, name, version, _module(name, version))
+    for name, kib in (("heavy", 1536), ("bulky", 1024)):  # big enough to see in a layer
+        padding = secrets.token_hex(kib * 512)  # kib KiB of text that compresses to half
+        wheel(files, name, "1.0", {**_module(name, "1.0"), f"{name}_pad.py": f"P = {padding!r}\n"})
     fetch_tool(files)  # bake's own tool (uv), as a seller's mirror has it
     write_simple_index(files, root)
     with serve_index(root, ENGINE.bridge_gateway()) as running:
@@ -190,6 +199,30 @@ def test_a_job_builds_on_the_prebaked_stack_and_installs_only_the_rest(
     same, stderr = seller.build(exact)
     assert same["stack"] == stack_key and _fetched(stderr) == [] and "uv pip install" not in (
         stderr)
+
+
+def test_a_jobs_wheels_are_installed_in_two_layers_of_about_equal_size(
+        seller: Seller, job: Callable[..., Path]) -> None:
+    """The engine exports an image's new layers in parallel: bake's fetch step deals the
+    wheels out into two install layers by size, the largest first to the lighter one."""
+    seller.host.build["stacks"] = "none"
+    spec = job(_spec("heavy==1.0", "bulky==1.0", "delta==1.0"), {"main.py": MAIN_ALL})
+    result, stderr = seller.build(spec)
+    installs = [entry for entry in ENGINE.image_history(result["image"])
+                if "uv pip install" in str(entry.get("CreatedBy"))]
+    sizes = sorted(int(entry["Size"]) for entry in installs)
+    assert len(sizes) == 2, installs
+    # heavy alone in one (its text and its bytecode: about 3 MiB), bulky and delta in the
+    # other (about 2 MiB).
+    assert 1.5 * MIB < sizes[0] < 2.5 * MIB < sizes[1] < 3.5 * MIB, sizes
+    assert "bake-install: installed in 2 layers" in stderr
+    assert seller.bake("run", str(spec)).stdout.split() == ["heavy", "bulky", "delta"]
+    # One wheel: one install step.
+    single = job(_spec("gamma==1.0"), {"main.py": MAIN})
+    result, _ = seller.build(single)
+    installs = [entry for entry in ENGINE.image_history(result["image"])
+                if "uv pip install" in str(entry.get("CreatedBy"))]
+    assert len(installs) == 1, installs
 
 
 def test_no_cache_runs_every_step_again_and_keeps_the_engines_wheelhouse(

@@ -104,7 +104,7 @@ def test_a_locked_context_installs_exactly_the_locked_files_with_hashes(tmp_path
     lock = sample_lock()
     context = render(job.locked(lock), ca_bundle=True)
     files = {f.path: f for f in context.files}
-    requirements = files["bake/install/wheels.txt"].data
+    requirements = files["bake/wheelhouse/wheels.txt"].data
     assert requirements is not None and b">=" not in requirements
     assert requirements.decode().splitlines()[:2] == [
         f"--find-links /opt/bake/wheelhouse/{DISTS[0].sha256}",

@@ -32,7 +32,7 @@ from bake.pipeline import JobPlan, plan_job
 from bake.resolve import resolve
 from bake.settings import BuildSettings, EgressSettings, HostEnv, Settings
 from bake.spec import JobSpec, parse_spec
-from bake.stacks.wheelhouse import CACHE_ID, NONCE_ARG
+from bake.stacks.wheelhouse import CACHE_ID, INSTALL_LAYERS, NONCE_ARG
 from bake.stacks.wheelhouse import MOUNT as WHEELHOUSE
 from bake.templates import BUILTIN_DIR, list_templates
 from tests.unit.helpers import lock_job
@@ -80,12 +80,19 @@ def hostile_spec(folder: Path, *, template: str, models: int, datasets: int,
     return parse_spec(data, root=folder.resolve())
 
 
+BENIGN_REQS = ["six==1.16.0", "idna==3.10", "numpy==2.1.3"]
+
+
 def benign_spec(folder: Path, *, template: str, models: int, datasets: int,
-                requirements: bool, only_binary: bool) -> JobSpec:
+                requirements: bool | int, only_binary: bool) -> JobSpec:
+    """``requirements``: how many (True: as many as the hostile spec's).  The number of
+    locked wheels is part of a job's shape, as its models are: the wheels are installed in
+    one layer each, up to INSTALL_LAYERS."""
+    count = len(HOSTILE_REQS) if requirements is True else int(requirements)
     (folder / "main.py").write_text("print(1)\n")
     data = {
         "template": template,
-        "python": {"requirements": ["six==1.16.0"] if requirements else [],
+        "python": {"requirements": BENIGN_REQS[:count],
                    "only_binary": only_binary},
         "models": [{"repo": f"org/model{i}"} for i in range(models)],
         "datasets": [{"repo": f"org/data{i}"} for i in range(datasets)],
@@ -432,9 +439,11 @@ def test_every_accepted_spec_renders_the_templates_instructions(
     dockerfile = render(job, ca_bundle=ca_bundle, hub_token=hub_token).dockerfile
     check_dockerfile(dockerfile, job.base_from)
     folder = tmp_path_factory.mktemp("reference")
+    python = job.lock.python
+    locked = len(python.distributions) if python else 0
     reference_job = resolved(benign_spec(
         folder, template=spec.template, models=len(spec.models), datasets=len(spec.datasets),
-        requirements=bool(spec.requirements), only_binary=spec.only_binary))
+        requirements=min(locked, INSTALL_LAYERS), only_binary=spec.only_binary))
     reference = render(reference_job, ca_bundle=ca_bundle, hub_token=hub_token).dockerfile
     assert [(i.keyword, i.lines) for i in instructions(dockerfile)] == \
         [(i.keyword, i.lines) for i in instructions(reference)]

@@ -125,7 +125,7 @@ def test_the_lock_travels_as_files_not_as_dockerfile_text(tmp_path: Path) -> Non
     (six,) = job.lock.distributions
     # Exactly the locked file, by name, version and hash (uv --require-hashes --no-deps),
     # from its own folder in the wheelhouse ...
-    assert files["bake/install/wheels.txt"].data == (
+    assert files["bake/wheelhouse/wheels.txt"].data == (
         f"--find-links {MOUNT}/{six.sha256}\nsix==1.16.0 --hash=sha256:{six.sha256}\n".encode())
     # ... where bake's wheelhouse step puts it, fetched by its locked URL and checked.
     assert json.loads(files["bake/wheelhouse/files.json"].data or b"") == {
@@ -139,8 +139,8 @@ def test_context_holds_exactly_the_declared_files(tmp_path: Path) -> None:
     context = render(resolved(spec_path), ca_bundle=False)
     out = context.write(tmp_path / "ctx")
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    assert written == ["Dockerfile", "bake/install/wheels.txt", "bake/tool-requirements.txt",
-                       "bake/wheelhouse/files.json", "bake/wheelhouse/wheelfetch.py",
+    assert written == ["Dockerfile", "bake/tool-requirements.txt", "bake/wheelhouse/files.json",
+                       "bake/wheelhouse/wheelfetch.py", "bake/wheelhouse/wheels.txt",
                        "job/main.py"]
 
 
@@ -231,9 +231,9 @@ def test_hub_context_holds_the_client_pin_the_script_and_one_spec_per_repo(
     out = context.write(tmp_path / "ctx")
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert written == ["Dockerfile", "bake/hub-client.txt", "bake/hub/0.json", "bake/hub/1.json",
-                       "bake/hubfetch.py", "bake/install/wheels.txt",
-                       "bake/tool-requirements.txt", "bake/wheelhouse/files.json",
-                       "bake/wheelhouse/wheelfetch.py", "job/main.py"]
+                       "bake/hubfetch.py", "bake/tool-requirements.txt",
+                       "bake/wheelhouse/files.json", "bake/wheelhouse/wheelfetch.py",
+                       "bake/wheelhouse/wheels.txt", "job/main.py"]
     pins = [line for line in (out / "bake/hub-client.txt").read_text().splitlines()
             if line and not line.startswith("#")]
     assert pins and all(line.startswith("huggingface_hub==") for line in pins)

@@ -66,7 +66,7 @@ def test_on_a_stack_the_deps_start_from_it_and_install_only_the_rest(tmp_path: P
     # Only the rest: fetched into the wheelhouse and installed, torch and numpy neither.
     assert json.loads(files["bake/wheelhouse/files.json"] or b"")["files"] == [
         {"file": tabulate.file, "url": tabulate.url, "sha256": tabulate.sha256}]
-    assert files["bake/install/wheels.txt"] == (
+    assert files["bake/wheelhouse/wheels.txt"] == (
         f"--find-links {MOUNT}/{tabulate.sha256}\n"
         f"tabulate==0.9.0 --hash=sha256:{tabulate.sha256}\n").encode()
     # The choice is in a label, and changes neither the key nor the image's name.

@@ -27,7 +27,7 @@ from types import ModuleType
 import pytest
 
 from bake.stacks.choice import Wheel
-from bake.stacks.wheelhouse import fetch_list
+from bake.stacks.wheelhouse import INSTALL_LAYERS, fetch_list, install_parts, install_requirements
 from bake.templates import BUILTIN_DIR
 
 SCRIPT = BUILTIN_DIR / "_base" / "wheelfetch.py"
@@ -239,3 +239,65 @@ def test_a_bad_entry_is_refused_before_any_fetch(entry: dict[str, str], tmp_path
                           env={"PATH": "/usr/bin:/bin"}, check=False)
     assert proc.returncode == 2, proc.stdout
     assert list(folder.iterdir()) == []
+
+
+# -- the install layers ---------------------------------------------------------------------------
+
+
+def test_wheels_are_dealt_out_largest_first_to_the_lightest_layer(step: ModuleType) -> None:
+    sizes = {"a" * 64: 100, "b" * 64: 60, "c" * 64: 50, "d" * 64: 10, "e" * 64: 10}
+    assert step.layers(sizes, 2) == {"a" * 64: 0, "b" * 64: 1, "c" * 64: 1, "d" * 64: 0,
+                                     "e" * 64: 0}
+    assert step.layers(sizes, 1) == dict.fromkeys(sizes, 0)
+    # A tie goes to the lower layer, and among equal sizes the lower sha256 goes first.
+    assert step.layers({"f" * 64: 5, "e" * 64: 5}, 2) == {"e" * 64: 0, "f" * 64: 1}
+
+
+def test_the_install_list_is_split_by_the_checked_files_sizes(
+        step: ModuleType, server: Server, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    big = server.put("big-1.0-cp311-cp311-manylinux_2_17_x86_64.whl", b"B" * 3000)
+    mid = server.put("mid-1.0-py3-none-any.whl", b"M" * 2000)
+    low = server.put("low-1.0-py3-none-any.whl", b"L" * 1500)
+    tiny = server.put("tiny-1.0-py3-none-any.whl", b"T" * 10)
+    wheels = (big, mid, low, tiny)
+    spec = tmp_path / "files.json"
+    spec.write_bytes(fetch_list(wheels))
+    requirements = tmp_path / "wheels.txt"
+    requirements.write_bytes(install_requirements(wheels))
+    folder, out = tmp_path / "wheelhouse", tmp_path / "stage" / "bake" / "wheelhouse.txt"
+    folder.mkdir()
+    step.main([str(spec), str(folder), str(out), str(requirements), "2"])
+    parts = [(out.parent / f"install-{i}.txt").read_text() for i in range(2)]
+    # big alone (3000) against mid + low (3500); tiny to the lighter: big's layer.
+    assert parts[0] == install_requirements((big, tiny)).decode()
+    assert parts[1] == install_requirements((mid, low)).decode()
+    assert "installed in 2 layers: 0.0 MB, 0.0 MB" in capsys.readouterr().out
+    # Every line of the list in exactly one layer, both lines of a wheel in the same one.
+    assert sorted("".join(parts).splitlines()) == sorted(requirements.read_text().splitlines())
+    # The same wheels, the same layers (the install steps stay cached), with no request.
+    server.requests.clear()
+    step.main([str(spec), str(folder), str(out), str(requirements), "2"])
+    assert [(out.parent / f"install-{i}.txt").read_text() for i in range(2)] == parts
+    assert server.requests == []
+    # What the steps mount is what install_parts names.
+    assert [f"/bake/install-{i}.txt" for i in range(2)] == list(install_parts(len(wheels)))
+
+
+@pytest.mark.parametrize("line", ["requests==2.0\n", f"x==1 --hash=sha256:{'0' * 64}\n"])
+def test_an_install_line_for_no_listed_file_is_refused(
+        step: ModuleType, server: Server, tmp_path: Path, line: str) -> None:
+    wheel = server.put("alpha-1.0-py3-none-any.whl", b"alpha bytes")
+    spec = tmp_path / "files.json"
+    spec.write_bytes(fetch_list((wheel,)))
+    requirements = tmp_path / "wheels.txt"
+    requirements.write_bytes(install_requirements((wheel,)) + line.encode())
+    folder = tmp_path / "wheelhouse"
+    folder.mkdir()
+    with pytest.raises(step.Usage, match="names no one listed file"):
+        step.main([str(spec), str(folder), str(tmp_path / "out.txt"), str(requirements), "2"])
+
+
+def test_install_parts_are_one_per_wheel_up_to_the_layers() -> None:
+    assert install_parts(1) == ("/bake/install-0.txt",)
+    assert len(install_parts(2)) == len(install_parts(40)) == INSTALL_LAYERS == 2

@@ -1,6 +1,6 @@
 """bake-install: fetch exactly the locked files a job lacks, each checked, inside a build step.
 
-    python3 -I -S wheelfetch.py FILES.json FOLDER OUT
+    python3 -I -S wheelfetch.py FILES.json FOLDER OUT [REQUIREMENTS PARTS]
 
 FILES.json (written by bake from bake.lock; unknown keys are refused)::
 
@@ -30,6 +30,14 @@ received digest.  OUT gets one "<sha256> <file>" line per listed file: the same 
 the same files, so that the install step, which mounts it, stays cached when this step
 runs again.
 
+With REQUIREMENTS (the install step's list: lines that name a wheel by its sha256) and
+PARTS (a number, at least 1), it also writes ``install-<i>.txt`` beside OUT for each of the
+PARTS layers the install is split into: the REQUIREMENTS lines of the wheels of layer i.  The
+wheels are dealt out by size, largest first, each to the layer lightest so far (ties by
+sha256), so that the layers are about equal: the engine digests an image's layers in
+parallel, and one 6 GB layer is what a cold torch build spends the longest exporting.  The
+sizes are the checked files', so the same wheels give the same layers on every engine.
+
 Python >= 3.8; the CA bundle is ``/run/secrets/bake_ca`` when mounted.
 Exit status: 0 done, 1 a fetch failed or bytes did not match, 2 bad arguments.
 """
@@ -56,6 +64,7 @@ TIMEOUT = 60
 STALE = 3600  # seconds after which a download in flight was left by a build that died
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 _FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,250}\Z")
+_SHA_IN_LINE = re.compile(r"(?<![0-9a-f])[0-9a-f]{64}(?![0-9a-f])")
 
 
 class Failed(Exception):
@@ -200,9 +209,49 @@ def _sweep(incoming):
             continue
 
 
+def layers(sizes, parts):
+    """{sha256: layer}: the wheels dealt out by size, largest first, each to the layer
+    lightest so far (the lower layer on a tie); ``sizes`` is {sha256: bytes}."""
+    weight = [0] * parts
+    out = {}
+    for sha in sorted(sizes, key=lambda s: (-sizes[s], s)):
+        lightest = min(range(parts), key=lambda i: (weight[i], i))
+        weight[lightest] += sizes[sha]
+        out[sha] = lightest
+    return out
+
+
+def split(requirements, files, folder, parts, out_folder):
+    """Write ``install-<i>.txt`` in ``out_folder``: the requirement lines of layer i."""
+    try:
+        with open(requirements, encoding="utf-8") as fh:
+            lines = fh.read().splitlines(True)
+    except OSError as exc:
+        raise Usage("error: cannot read {}: {}".format(requirements, exc)) from None
+    sizes = {sha: os.path.getsize(os.path.join(folder, sha, name)) for name, _, sha in files}
+    layer = layers(sizes, parts)
+    chunks = [[] for _ in range(parts)]
+    for line in lines:
+        named = set(_SHA_IN_LINE.findall(line))
+        if len(named) != 1 or next(iter(named)) not in layer:
+            raise Usage("error: {}: a line names no one listed file: {!r}".format(
+                requirements, line)[:300])
+        chunks[layer[named.pop()]].append(line)
+    for i, chunk in enumerate(chunks):
+        with open(os.path.join(out_folder, "install-{}.txt".format(i)), "w",
+                  encoding="utf-8") as fh:
+            fh.writelines(chunk)
+    return [sum(sizes[s] for s, i in layer.items() if i == n) for n in range(parts)]
+
+
 def main(argv):
-    if len(argv) != 3:
-        raise Usage("error: usage: wheelfetch.py FILES.json FOLDER OUT")
+    if len(argv) not in (3, 5):
+        raise Usage("error: usage: wheelfetch.py FILES.json FOLDER OUT [REQUIREMENTS PARTS]")
+    parts = 0
+    if len(argv) == 5:
+        if not argv[4].isdigit() or not 1 <= int(argv[4]) <= 16:
+            raise Usage("error: PARTS is a number from 1 to 16, not {!r}".format(argv[4]))
+        parts = int(argv[4])
     files, refetch = load(argv[0])
     folder, out = argv[1], argv[2]
     started = time.monotonic()
@@ -229,6 +278,10 @@ def main(argv):
     say("{} locked files: {} in place already, {} fetched ({:.1f} MB) in {:.1f} s".format(
         len(files), len(files) - len(wanted), len(wanted), total / 1e6,
         time.monotonic() - started))
+    if parts:
+        loads = split(argv[3], files, folder, parts, os.path.dirname(out) or ".")
+        say("installed in {} layer{}: {}".format(parts, "" if parts == 1 else "s", ", ".join(
+            "{:.1f} MB".format(n / 1e6) for n in loads)))
 
 
 if __name__ == "__main__":

@@ -12,19 +12,18 @@ RUN --mount=type=bind,source=bake/wheelhouse,target=/tmp/bake/wheelhouse \
     --mount=type=cache,id=bake-wheelhouse-1,target=/opt/bake/wheelhouse,sharing=shared \
     --mount=type=secret,id=bake_index,target=/run/secrets/bake_index,required=true \
     python3 -I -S /tmp/bake/wheelhouse/wheelfetch.py /tmp/bake/wheelhouse/files.json \
-      /opt/bake/wheelhouse /bake/wheelhouse.txt
+      /opt/bake/wheelhouse /bake/wheelhouse.txt /tmp/bake/wheelhouse/wheels.txt 1
 
 FROM python:3.11-slim AS deps
-# One layer: exactly the locked wheels the deps lack, from the wheelhouse, which this
-# step mounts read-only (the venv has no pip: it holds the lock and nothing else).  bake's uv (its tool venv, mounted read-only, never copied in)
-# installs them with no index, no network and no secret in reach: --no-index
-# --require-hashes --no-deps, each file from its own sha256 folder.  Installing starts
-# the venv's interpreter (a wheel's .pth runs): it finds nothing to read and nothing to
-# write but this layer.
+# Exactly the locked wheels the deps lack, from the wheelhouse, mounted read-only (the
+# venv has no pip: it holds the lock and nothing else), in one layer.
+# bake's uv (its tool venv, mounted read-only, never copied in) installs them with no
+# index, no network and no secret in reach: --no-index --require-hashes --no-deps, each
+# file from its own sha256 folder.  Installing starts the venv's interpreter (a wheel's
+# .pth runs): it finds nothing to read and nothing to write but its own layer.
 RUN --mount=type=bind,from=bake-tool,source=/opt/bake/tool,target=/opt/bake/tool \
-    --mount=type=bind,from=bake-wheels,source=/bake/wheelhouse.txt,target=/tmp/bake/fetched.txt \
+    --mount=type=bind,from=bake-wheels,source=/bake/install-0.txt,target=/tmp/bake/wheels.txt \
     --mount=type=cache,id=bake-wheelhouse-1,target=/opt/bake/wheelhouse,readonly \
-    --mount=type=bind,source=bake/install/wheels.txt,target=/tmp/bake/wheels.txt \
     python3 -m venv --without-pip /opt/venv && \
     UV_NO_CACHE=1 UV_NO_CONFIG=1 UV_OFFLINE=1 UV_PYTHON_DOWNLOADS=never \
     /opt/bake/tool/bin/uv pip install --python /opt/venv/bin/python --no-deps \
