@@ -254,11 +254,16 @@ def test_two_jobs_with_the_same_model_share_its_layer(job_a: Built, job_b: Built
     # Both builds fetched (--no-cache), with different deps layers before the model's.
     assert _files_downloaded(job_b.requests)
     first_own = next(i for i, (a, b) in enumerate(zip(layers_a, layers_b, strict=False))
-                     if a != b)  # the deps layer: different requirements
-    model_a, model_b = layers_a[first_own + 1], layers_b[first_own + 1]
-    assert model_a == model_b, "the model's layer differs between the two jobs"
-    # The dataset's layer is another one, and each job's own files are last.
-    assert layers_a[first_own + 2] != model_a
+                     if a != b)  # the deps layers: different requirements
+    shared = [layer for layer in layers_a[first_own:] if layer in layers_b[first_own:]]
+    assert shared, "the model's layer differs between the two jobs"
+    # It is the model's: right after each job's deps (A's are two install layers, B's the
+    # venv), then A's dataset, hubfetch.py, the fetch specs, the job's files, its WORKDIR.
+    model = shared[0]
+    assert layers_a.index(model) == len(layers_a) - 6, layers_a
+    assert layers_b.index(model) == len(layers_b) - 5, layers_b
+    # The dataset's layer is another one.
+    assert layers_a[-5] != model
 
 
 def test_code_only_change_rebuilds_without_refetching(seller: Host, hub: RunningHub,
