@@ -268,6 +268,12 @@ def test_two_jobs_with_the_same_model_share_its_layer(job_a: Built, job_b: Built
 
 def test_code_only_change_rebuilds_without_refetching(seller: Host, hub: RunningHub,
                                                       job_a: Built, tmp_path: Path) -> None:
+    # Job A as a seller builds it (job_a was built with --no-cache, whose steps BuildKit keeps
+    # under that build's nonce: a plain build finds them only on an engine that built this
+    # one plainly before), then the same job with one changed line of code.
+    ENGINE.remove_image(str(job_a.result["image"]), force=True)
+    plain = _build(seller, hub, job_a.spec, token=CANARY)
+    assert plain.result["key"] == job_a.result["key"]
     spec = write_job(tmp_path / "a2", SPEC_A, {"main.py": MAIN_A.replace('"A"', '"A2"')})
     again = _build(seller, hub, spec, token=CANARY)
     assert again.result["key"] != job_a.result["key"]
