@@ -134,6 +134,8 @@ class Secret:
     name: str
     text: str | None = field(default=None, repr=False)  # tokens live here: never shown
     path: Path | None = None
+    #: A credential: should a step print it, bake's output shows ``[redacted]`` instead.
+    credential: bool = False
 
 
 @dataclass(frozen=True)
@@ -197,6 +199,7 @@ class JobPlan:
             engine_env=self.engine_env,
             target=self.target,
             build_args=self._build_args(nonce),
+            redact=[s.text for s in self.secrets if s.credential and s.text],
         )
 
     def _build_args(self, nonce: str) -> dict[str, str] | None:
@@ -492,7 +495,7 @@ def _secrets(cfg: Settings, job: ResolvedJob) -> tuple[Secret, ...]:
         _check_hub_egress(cfg, endpoint)
         secrets.append(Secret("bake_hf_endpoint", text=endpoint))
         if cfg.env.hf_token:
-            secrets.append(Secret("hf_token", text=cfg.env.hf_token))
+            secrets.append(Secret("hf_token", text=cfg.env.hf_token, credential=True))
     return tuple(secrets)
 
 

@@ -70,6 +70,9 @@ class BuildPlan:
     env: Mapping[str, str] = field(default_factory=dict)
     iidfile: Path = Path()
     output: Path | None = None  # a folder the last stage's files go to; then no image at all
+    #: Values that never leave bake: each is replaced in every line of the build's output
+    #: (what it reports and what an error quotes), should any step print it.
+    redact: tuple[str, ...] = field(default=(), repr=False)
 
 
 def _client_version(path: str) -> str | None:
@@ -188,6 +191,7 @@ def plan_build(
     environ: Mapping[str, str] | None = None,
     output: Path | None = None,
     build_args: Mapping[str, str] | None = None,
+    redact: Sequence[str] = (),
 ) -> BuildPlan:
     """The argv and environment of one build.  Pure but for reading ``os.environ`` when
     ``environ`` is not given.
@@ -235,7 +239,18 @@ def plan_build(
            if k.upper() not in PROXY_ARGS and k not in _ENGINE_VARIABLES}
     env.update(engine_env or {})
     env.update(dict(cli.env))
-    return BuildPlan(tuple(argv), env, iidfile, output)
+    return BuildPlan(tuple(argv), env, iidfile, output, tuple(v for v in redact if v))
+
+
+REDACTED = "[redacted]"
+
+
+def redacted(line: str, values: Sequence[str]) -> str:
+    """``line`` with every one of ``values`` replaced by :data:`REDACTED`.  Pure."""
+    for value in values:
+        if value in line:
+            line = line.replace(value, REDACTED)
+    return line
 
 
 def run_build(
@@ -278,6 +293,7 @@ def run_build(
                 continue
             if line is None:
                 break
+            line = redacted(line, plan.redact)
             tail.append(line)
             on_line(line)
         code = build.wait()

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bake.builder.buildkit import PROXY_ARGS, DockerCLI, plan_build
+import pytest
+
+from bake.builder.buildkit import PROXY_ARGS, DockerCLI, plan_build, redacted, run_build
+from bake.errors import SetupError
 
 CLI = DockerCLI(("/usr/bin/docker", "build"), (("DOCKER_BUILDKIT", "1"),), "20.10.24", "x")
 
@@ -124,3 +127,29 @@ def test_build_argv_carries_inline_cache_and_cache_sources() -> None:
     plain = plan_build(cli, Path("/w/ctx"), iidfile=Path("/w/iid"), labels={}, proxy_url=None,
                        no_network=True, secrets={}).argv
     assert "--cache-from" not in plain and "BUILDKIT_INLINE_CACHE=1" not in plain
+
+
+def test_a_credential_a_step_prints_is_redacted_in_every_line_bake_shows(
+        tmp_path: Path) -> None:
+    """Should a build step print a credential (the Hub token is mounted in the fetch steps),
+    neither what bake reports nor what its error quotes carries it."""
+    token = "hf_redactMe0123456789"
+    fake = tmp_path / "docker"
+    fake.write_text("#!/bin/sh\n"
+                    f"echo '#8 0.3 token={token}'\n"
+                    f"echo '#8 0.4 again {token}{token} done' >&2\n"
+                    "echo '#8 ERROR: executor failed running: exit code: 1'\n"
+                    "exit 1\n")
+    fake.chmod(0o755)
+    cli = DockerCLI((str(fake), "build"), (), "20.10", str(fake))
+    plan = plan_build(cli, tmp_path, iidfile=tmp_path / "iid", labels={}, proxy_url=None,
+                      no_network=True, secrets={}, redact=[token, ""])
+    assert token not in repr(plan)
+    seen: list[str] = []
+    with pytest.raises(SetupError) as caught:
+        run_build(plan, timeout=30, on_line=seen.append)
+    shown = "\n".join(seen) + caught.value.log_tail + caught.value.message
+    assert token not in shown
+    assert "#8 0.3 token=[redacted]" in seen
+    assert "#8 0.4 again [redacted][redacted] done" in seen
+    assert redacted("nothing here", [token]) == "nothing here"

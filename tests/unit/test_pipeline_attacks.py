@@ -372,8 +372,11 @@ def test_hostile_spec_values_never_become_docker_arguments(tmp_path: Path, proxy
     job = resolved(hostile_spec(tmp_path, template="python", models=hubs, datasets=hubs,
                                 requirements=True, only_binary=False))
     plan = planned(job, network=proxy, no_cache=no_cache)
-    argv = plan.build_plan(Path("/w"), proxy_url="http://172.17.0.1:39100" if proxy else None,
-                           cache_from=plan.cache_candidates, nonce="f" * 32).argv
+    build = plan.build_plan(Path("/w"), proxy_url="http://172.17.0.1:39100" if proxy else None,
+                            cache_from=plan.cache_candidates, nonce="f" * 32)
+    argv = build.argv
+    # Mounted in the fetch steps: should one print it, bake's output shows [redacted].
+    assert build.redact == (("hf_attack_test_token",) if hubs else ())
     check_argv(argv)
     assert "BAKE_WHEELHOUSE_NONCE=" + "f" * 32 in argv  # the wheelhouse step runs every time
     # --no-cache runs every step again, but never with BuildKit's own --no-cache, which

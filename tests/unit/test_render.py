@@ -234,9 +234,17 @@ def test_hub_context_holds_the_client_pin_the_script_and_one_spec_per_repo(
                        "bake/hubfetch.py", "bake/tool-requirements.txt",
                        "bake/wheelhouse/files.json", "bake/wheelhouse/wheelfetch.py",
                        "bake/wheelhouse/wheels.txt", "job/main.py"]
-    pins = [line for line in (out / "bake/hub-client.txt").read_text().splitlines()
-            if line and not line.startswith("#")]
-    assert pins and all(line.startswith("huggingface_hub==") for line in pins)
+    # Every file of the client and its dependencies pinned by hash (pip --require-hashes
+    # --no-deps): one logical line per pin, an exact version, and its files' digests.
+    text = (out / "bake/hub-client.txt").read_text()
+    logical = [line.split("#", 1)[0].strip() for line in text.replace("\\\n", " ").splitlines()]
+    pins = [line for line in logical if line]
+    assert len(pins) > 10
+    for pin in pins:
+        assert re.match(r"[a-z0-9-]+==[0-9][^ ;]* ", pin), pin
+        assert re.search(r"--hash=sha256:[0-9a-f]{64}", pin), pin
+    assert {p.split(" ")[0] for p in pins} >= {"huggingface-hub==2.4.0", "huggingface-hub==0.36.2"}
+    assert "--require-hashes --no-deps -r /tmp/bake/hub-client.txt" in context.dockerfile
 
 
 def test_jobs_without_models_render_no_hub_stage(tmp_path: Path) -> None:

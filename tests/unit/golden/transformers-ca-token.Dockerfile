@@ -2,9 +2,10 @@ FROM python:3.11-slim AS deps
 RUN python3 -m venv --without-pip /opt/venv
 
 
-# The Hub client, pinned, in a venv of its own that never reaches the job's image.
-# The fetch stages see no buyer input (no requirements, no job files), so the Hub
-# token, mounted only there, meets no buyer code.
+# The Hub client, every file of it and of its dependencies pinned by hash, in a venv of
+# its own that never reaches the job's image.  The fetch stages see no buyer input (no
+# requirements, no job files), so the Hub token, mounted only there, meets no buyer code,
+# and no code but the pinned client's.
 FROM python:3.11-slim AS fetcher
 RUN --mount=type=bind,source=bake/hub-client.txt,target=/tmp/bake/hub-client.txt \
     --mount=type=secret,id=bake_pip,target=/run/secrets/bake_pip,required=true \
@@ -12,7 +13,7 @@ RUN --mount=type=bind,source=bake/hub-client.txt,target=/tmp/bake/hub-client.txt
     python3 -m venv /opt/bake/fetch \
  && PIP_CONFIG_FILE=/run/secrets/bake_pip /opt/bake/fetch/bin/pip install \
       --no-input --disable-pip-version-check --no-cache-dir --only-binary=:all: \
-      -r /tmp/bake/hub-client.txt
+      --require-hashes --no-deps -r /tmp/bake/hub-client.txt
 
 # One stage per repo: the Hub cache layout under /out/opt/hf.  Every mtime in
 # /out is fixed (hubfetch.py sets 1 from /opt/hf down; touch does the two folders
