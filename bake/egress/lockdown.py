@@ -193,26 +193,53 @@ _PARENT = {CHAIN_IN: "INPUT", CHAIN_FWD: "DOCKER-USER"}
 
 
 def lock(engine: Engine) -> str:
+    """Put bake's rules in place, in one commit per table: locking a locked host again (each
+    ``bake egress lock``, each bootstrap) never leaves a moment without them."""
     bridge = engine.bridge_name()
     for table in _tables():
-        for chain, rules in _rules(bridge, table).items():
-            parent = _PARENT[chain]
-            missing = _ipt(table, "-n", "-L", parent, check=False).returncode != 0
-            if missing and parent == "DOCKER-USER":
-                # dockerd makes this chain at start; an engine started with
-                # --iptables=false does not, and then forwarding is ours to guard.
-                _ipt(table, "-N", parent)
-                _ipt(table, "-I", "FORWARD", "1", "-j", parent)
-            if _ipt(table, "-n", "-L", chain, check=False).returncode != 0:
-                _ipt(table, "-N", chain)
-            _ipt(table, "-F", chain)
-            for rule in rules:
-                _ipt(table, "-A", chain, *rule)
-            if _ipt(table, "-C", parent, "-j", chain, check=False).returncode != 0:
-                _ipt(table, "-I", parent, "1", "-j", chain)
+        chains = _rules(bridge, table)
+        # dockerd makes DOCKER-USER at start; an engine started with --iptables=false does
+        # not, and then forwarding is ours to guard.
+        new_parent = _ipt(table, "-n", "-L", "DOCKER-USER", check=False).returncode != 0
+        jumps = [chain for chain in chains
+                 if _ipt(table, "-C", _PARENT[chain], "-j", chain, check=False).returncode != 0]
+        _restore(table, _restore_text(chains, new_parent=new_parent, jumps=jumps))
     return (f"locked: containers on {bridge} reach only bake's proxy ports "
             f"{PROXY_PORTS.start}-{PROXY_PORTS.stop - 1} on the host; nothing is forwarded\n"
             + neighbours_note(engine, locked=True))
+
+
+def _restore_text(chains: dict[str, list[list[str]]], *, new_parent: bool,
+                  jumps: list[str]) -> str:
+    """``iptables-restore --noflush`` input that puts ``chains`` in place in one commit.  Pure.
+
+    A chain the input declares is made, or emptied, within the same commit that fills it
+    again: no rule of the filter table but these changes, and nothing sees them half done.
+    """
+    lines = ["*filter"]
+    if new_parent:
+        lines.append(":DOCKER-USER - [0:0]")
+    lines += [f":{chain} - [0:0]" for chain in chains]
+    for chain, rules in chains.items():
+        lines += [" ".join(["-A", chain, *rule]) for rule in rules]
+    if new_parent:
+        lines.append("-I FORWARD 1 -j DOCKER-USER")
+    lines += [f"-I {_PARENT[chain]} 1 -j {chain}" for chain in jumps]
+    lines.append("COMMIT")
+    return "\n".join(lines) + "\n"
+
+
+def _restore(table: str, text: str) -> None:
+    tool = f"{table}-restore"
+    try:
+        answer = proc.run([tool, "-w", "--noflush"], input=text)
+    except OSError as exc:
+        raise BakeError(f"cannot run {tool}: {exc.strerror or exc}",
+                        hint="install iptables and run as root") from exc
+    if not answer.ok:
+        reason = answer.last_line()
+        raise BakeError(f"{tool} could not put bake's rules in place: {reason}",
+                        hint="run as root" if "ermission" in reason else None)
 
 
 def unlock() -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -203,6 +204,38 @@ def test_unlock_removes_exactly_what_lock_added(engine: None, locked: None) -> N
     assert rules() == locked_rules
     others = [r for r in locked_rules.splitlines() if "BAKE-EGRESS" not in r]
     assert others == unlocked_rules.splitlines()
+
+
+def test_locking_a_locked_host_again_never_leaves_it_open(engine: None, locked: None) -> None:
+    """``bake egress lock`` on a locked host (each bootstrap does it) replaces bake's rules in
+    one commit: a watcher reading the chains all the while never finds them without their
+    REJECT rules.  (Flushed and refilled rule by rule, they were open for milliseconds at a
+    time, each time.)"""
+    chains = (lockdown.CHAIN_IN, lockdown.CHAIN_FWD)
+    seen: list[str] = []
+    open_views: list[str] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            for chain in chains:
+                view = subprocess.run(["iptables", "-w", "-S", chain], capture_output=True,
+                                      text=True, check=False).stdout
+                seen.append(chain)
+                if "-j REJECT" not in view:
+                    open_views.append(f"{chain}: {view!r}")
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        for _ in range(25):
+            lockdown.lock(ENGINE)
+    finally:
+        done.set()
+        watcher.join(timeout=30)
+    assert len(seen) > 50, len(seen)  # it did watch while the locks ran
+    assert open_views == []
+    assert lockdown.locked_rules_present(ENGINE)
 
 
 def test_setup_past_its_time_limit_exits_4_and_leaves_no_image(

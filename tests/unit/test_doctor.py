@@ -292,3 +292,22 @@ def test_allow_cidrs_settles_it(dns: dict[str, list[str]]) -> None:
 def test_loopback_is_refused_even_for_an_allowlisted_name(dns: dict[str, list[str]]) -> None:
     dns["pypi.org"] = ["127.0.0.1"]
     assert refused_addresses(load_settings(environ={})) == {"pypi.org": ["127.0.0.1"]}
+
+
+def test_the_lock_is_one_commit_per_table() -> None:
+    """bake's chains are declared (made, or emptied) and filled in one iptables-restore
+    commit, the jumps to them added in the same one; nothing else of the table is named."""
+    from bake.egress import lockdown
+
+    chains = lockdown._rules("docker0", "iptables")
+    text = lockdown._restore_text(chains, new_parent=False, jumps=[lockdown.CHAIN_FWD])
+    lines = text.splitlines()
+    assert lines[0] == "*filter" and lines[-1] == "COMMIT" and text.count("COMMIT") == 1
+    assert lines[1:3] == [f":{lockdown.CHAIN_IN} - [0:0]", f":{lockdown.CHAIN_FWD} - [0:0]"]
+    filled = [line for line in lines if line.startswith("-A ")]
+    assert len(filled) == sum(len(rules) for rules in chains.values())
+    assert all(line.split()[1] in chains for line in filled)
+    assert lines[-2] == f"-I DOCKER-USER 1 -j {lockdown.CHAIN_FWD}"
+    assert "FORWARD" not in text.replace("-FWD", "")
+    fresh = lockdown._restore_text(chains, new_parent=True, jumps=list(chains))
+    assert ":DOCKER-USER - [0:0]" in fresh and "-I FORWARD 1 -j DOCKER-USER" in fresh
