@@ -56,20 +56,50 @@ class ImageKey:
     def label(self) -> str:
         """The manifest for the image's ``bake.manifest`` label, within a label's size.
 
-        One docker argument may not pass 128 KiB (Linux's MAX_ARG_STRLEN), and a job
-        of thousands of files would: past :data:`MAX_LABEL`, the per-file table gives
-        way to its digest and count (``bake key --explain`` still shows it whole).
+        One docker argument may not pass 128 KiB (Linux's MAX_ARG_STRLEN), and a job of
+        thousands of files, a Hub repo of thousands of shards or a lock of hundreds of
+        distributions would: past :data:`MAX_LABEL`, the largest such table gives way to
+        its digest and count, then the next, until the label fits (``bake key --explain``
+        still shows every one whole; the key covers every one).
         """
         text = self.manifest_json()
         if len(text) <= MAX_LABEL:
             return text
-        files = self.manifest.get("files", {})
-        short = dict(self.manifest)
-        short["files"] = {
-            "count": len(files),
-            "sha256": hashlib.sha256(canonical_json(files).encode("ascii")).hexdigest(),
-        }
-        return canonical_json(short)
+        short = json.loads(text)
+        for path in sorted(_tables(short), key=lambda p: -len(canonical_json(_at(short, p)))):
+            table = _at(short, path)
+            _put(short, path, {
+                "count": len(table),
+                "sha256": hashlib.sha256(canonical_json(table).encode("ascii")).hexdigest(),
+            })
+            text = canonical_json(short)
+            if len(text) <= MAX_LABEL:
+                break
+        return text
+
+
+def _tables(manifest: dict[str, Any]) -> list[tuple[str | int, ...]]:
+    """Where the manifest's long tables are: the job's files, each Hub repo's files, the
+    locked distributions."""
+    paths: list[tuple[str | int, ...]] = [("files",), ("python", "distributions")]
+    for kind in ("models", "datasets"):
+        paths += [(kind, i, "files") for i in range(len(manifest.get(kind) or []))]
+    return [p for p in paths if isinstance(_at(manifest, p), dict | list)]
+
+
+def _at(value: Any, path: tuple[str | int, ...]) -> Any:
+    for step in path:
+        try:
+            value = value[step]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return value
+
+
+def _put(value: Any, path: tuple[str | int, ...], new: Any) -> None:
+    for step in path[:-1]:
+        value = value[step]
+    value[path[-1]] = new
 
 
 def canonical_json(value: Any) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
 import shutil
 from pathlib import Path
@@ -11,8 +13,9 @@ import pytest
 import bake.templates as templates_mod
 from bake.cache import key as key_mod
 from bake.cache.key import compute_key
+from bake.lock.format import LockedFile, PythonLock
 from tests.conftest import write_job
-from tests.unit.helpers import resolved
+from tests.unit.helpers import TARGET, fake_dist, resolved
 
 SPEC = """\
 name = "a"
@@ -137,3 +140,31 @@ def test_names_pep508_refuses_are_refused_even_where_packaging_takes_them(line: 
 
     with pytest.raises(SpecError, match="not a valid project name"):
         parse_requirement(line)
+
+
+def test_a_huge_hub_repo_and_lock_still_fit_in_the_label(tmp_path: Path) -> None:
+    """A dataset of 4,000 shards and a lock of 900 distributions: each table alone is past
+    a label's size.  The label gives the largest tables way to their digest and count until
+    it fits; what bake run reads (command, env) stays; the key covers every entry."""
+    spec = write_job(tmp_path, 'template = "python"\n[[datasets]]\nrepo = "org/shards"\n'
+                     '[job]\nfiles = ["main.py"]\ncommand = ["python", "main.py"]\n'
+                     '[job.env]\nMODE = "huge"\n', {"main.py": "x"})
+    job = resolved(spec)
+    (repo,) = job.lock.datasets
+    shards = tuple(LockedFile(f"data/train/part-{i:05d}-of-04000.parquet", 1 << 20,
+                              sha256=f"{i:064x}") for i in range(4000))
+    dists = tuple(sorted((fake_dist(f"package-number-{i}==1.{i}") for i in range(900)),
+                         key=lambda d: d.name))
+    lock = dataclasses.replace(job.lock, python=PythonLock(TARGET, dists),
+                               datasets=(dataclasses.replace(repo, files=shards),))
+    key = compute_key(dataclasses.replace(job, lock=lock))
+    assert len(key.manifest_json()) > 3 * key_mod.MAX_LABEL
+    text = key.label()
+    assert len(text) <= key_mod.MAX_LABEL
+    label = json.loads(text)
+    assert label["command"] == ["python", "main.py"] and label["env"] == {"MODE": "huge"}
+    assert label["datasets"][0]["files"]["count"] == 4000
+    assert label["datasets"][0]["commit"] == repo.commit
+    assert label["python"]["distributions"]["count"] == 900
+    assert label["files"] == key.manifest["files"]  # small: kept whole
+    assert len(key.manifest["datasets"][0]["files"]) == 4000
