@@ -29,7 +29,6 @@ from bake.builder.buildkit import find_cli, plan_build, run_build
 from bake.engine import Engine
 from bake.lock.format import parse_lock
 from bake.stacks.wheelhouse import DOWNLOAD_MOUNT, MOUNT
-from tests.conftest import write_job
 from tests.integration.conftest import Host
 from tests.integration.pkgindex import (
     RunningIndex,
@@ -206,16 +205,6 @@ def seller(host: Host, locked: None, index: RunningIndex, hub: RunningHub,
     host.registry["repository"] = repository
     host.registry["push"] = False
     return host
-
-
-@pytest.fixture
-def job(tmp_path: Path) -> Callable[..., Path]:
-    counter = iter(range(1000))
-
-    def make(spec: str, files: dict[str, str] | None = None) -> Path:
-        return write_job(tmp_path / f"job{next(counter)}", spec, files)
-
-    return make
 
 
 def _build(seller: Host, spec: Path) -> tuple[dict[str, Any], str]:

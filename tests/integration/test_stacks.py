@@ -28,7 +28,6 @@ import pytest
 from bake.engine import Engine
 from bake.stacks.labels import PARENT, read_stack
 from bake.types import NullReporter
-from tests.conftest import write_job
 from tests.integration.conftest import Host
 from tests.integration.pkgindex import (
     RunningIndex,
@@ -384,13 +383,3 @@ def _lose_blob(registry: LocalRegistry, digest: str) -> None:
             / hexdigest[:2] / hexdigest)
     assert blob.is_dir(), blob
     shutil.rmtree(blob)
-
-
-@pytest.fixture
-def job(tmp_path: Path) -> Callable[..., Path]:
-    counter = iter(range(1000))
-
-    def make(spec: str, files: dict[str, str] | None = None) -> Path:
-        return write_job(tmp_path / f"job{next(counter)}", spec, files)
-
-    return make
