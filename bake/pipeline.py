@@ -71,8 +71,16 @@ from .errors import (
     UsageError,
 )
 from .job import ResolvedJob
-from .lock.format import DEFAULT_INDEX, LOCK_NAME, Lock, PythonLock, PythonRequest, write_lock
-from .lock.locking import Resolvers, hub_locker, lock_path
+from .lock.format import (
+    DEFAULT_INDEX,
+    LOCK_NAME,
+    Lock,
+    PythonLock,
+    PythonRequest,
+    python_from_doc,
+    write_lock,
+)
+from .lock.locking import Resolvers, hub_locker, lock_path, resolver_cache
 from .lock.python import read_result, resolve_context
 from .lookup import Lookup, lookup
 from .prebake import Outcome, twin_job, variant_spec
@@ -86,6 +94,7 @@ from .stacks.choice import (
     Stack,
     choose,
     need_of,
+    preferred_pins,
     stacks_mode,
     variant_may_fit,
 )
@@ -591,7 +600,8 @@ class ResolvePlan:
 
 
 def plan_resolve(request: PythonRequest, cfg: Settings, *, cli: DockerCLI, gateway: str | None,
-                 engine_env: Mapping[str, str], nonce: str) -> ResolvePlan:
+                 engine_env: Mapping[str, str], nonce: str,
+                 constraints: tuple[str, ...] = ()) -> ResolvePlan:
     """The plan of one resolution.  Pure (``nonce`` makes each resolution a new BuildKit
     step: its cache would otherwise answer the same requirements with the same old lock).
 
@@ -620,7 +630,8 @@ def plan_resolve(request: PythonRequest, cfg: Settings, *, cli: DockerCLI, gatew
         secrets.append(Secret("bake_ca", path=Path(cfg.build.ca_bundle)))
     return ResolvePlan(
         request=request,
-        context=resolve_context(request, ca_bundle=bool(cfg.build.ca_bundle), nonce=nonce),
+        context=resolve_context(request, ca_bundle=bool(cfg.build.ca_bundle), nonce=nonce,
+                                constraints=constraints),
         secrets=tuple(secrets),
         policy=policy,
         relay=relay,
@@ -671,15 +682,71 @@ def execute_resolve(plan: ResolvePlan, engine: Engine, report: Reporter) -> Pyth
 
 def resolve_requirements(request: PythonRequest, cfg: Settings, engine: Engine,
                          report: Reporter) -> PythonLock:
-    """Resolve requirements to a lock: plan, then execute (the pipeline's Python resolver)."""
-    plan = plan_resolve(
-        request, cfg,
-        cli=find_cli(cfg.build.docker_cli, cfg.env.docker_config),
-        gateway=None if cfg.no_network else engine.bridge_gateway(),
-        engine_env=engine.address.cli_env(),
-        nonce=uuid.uuid4().hex,
-    )
-    return execute_resolve(plan, engine, report)
+    """Resolve requirements to a lock: plan, then execute (the pipeline's Python resolver).
+
+    Then, when a prebaked variant would be the job's stack but for versions the job left
+    open (:func:`bake.stacks.choice.preferred_pins`), once more with the variant's pins as
+    constraints: that lock is taken when it holds every wheel of the variant, else the
+    first.  Only variants this machine has locked are asked (the resolver cache: prebake
+    and every build that looked for a stack locked them), and only with stacks on.
+    """
+    def resolve(constraints: tuple[str, ...] = ()) -> PythonLock:
+        plan = plan_resolve(
+            request, cfg,
+            cli=find_cli(cfg.build.docker_cli, cfg.env.docker_config),
+            gateway=None if cfg.no_network else engine.bridge_gateway(),
+            engine_env=engine.address.cli_env(),
+            nonce=uuid.uuid4().hex,
+            constraints=constraints,
+        )
+        return execute_resolve(plan, engine, report)
+
+    lock = resolve()
+    preferred = None
+    if cfg.build.stacks != "none":
+        preferred = preferred_pins(lock, _variant_locks(request, cfg))
+    if preferred is None:
+        return lock
+    name, variant = preferred
+    report.stage(f"resolving again with the versions of stack {name}, which this lock "
+                 "misses only by versions its requirements leave open")
+    try:
+        again = resolve(tuple(f"{d.name}=={d.version}" for d in variant.distributions))
+    except Interrupted:
+        raise
+    except BakeError:
+        return lock  # the job's own pins rule the variant's out: the first lock stands
+    have = {(d.name, d.sha256) for d in again.distributions}
+    if all((d.name, d.sha256) in have for d in variant.distributions):
+        return again
+    return lock
+
+
+def _variant_locks(request: PythonRequest, cfg: Settings) -> Iterator[tuple[str, PythonLock]]:
+    """Each prebaked variant's lock on the request's base and index, as this machine last
+    locked it (the resolver cache, fresh or not: a preference, not an answer)."""
+    store = resolver_cache()
+    for name in list_templates(cfg.build.templates):
+        try:
+            template = find_template(name, cfg.build.templates)
+        except BakeError:
+            continue
+        for variant in template.variants:
+            try:
+                spec = variant_spec(template, variant)
+            except BakeError:
+                continue
+            if variant.models or not spec.requirements or spec.only_binary != request.only_binary:
+                continue
+            asked = dataclasses.replace(request, requirements=spec.requirements)
+            entry = store.get(asked.cache_key())
+            if entry is None:
+                continue
+            try:
+                held = python_from_doc(entry.value, only_binary=spec.only_binary)
+            except BakeError:
+                continue
+            yield f"{template.name}/{variant.name}", held
 
 
 def _resolvers(cfg: Settings, engine: Engine, report: Reporter) -> Resolvers:

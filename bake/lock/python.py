@@ -52,8 +52,12 @@ RESOLVE_STEP = _BASE / "resolve_step.py"
 # -- plan -----------------------------------------------------------------------------------------
 
 
-def resolve_context(request: PythonRequest, *, ca_bundle: bool, nonce: str) -> BuildContext:
-    """The resolve build's Dockerfile and files.  Pure (but for reading bake's own files)."""
+def resolve_context(request: PythonRequest, *, ca_bundle: bool, nonce: str,
+                    constraints: tuple[str, ...] = ()) -> BuildContext:
+    """The resolve build's Dockerfile and files.  Pure (but for reading bake's own files).
+
+    ``constraints`` (``name==version`` lines, a stack's pins) are versions uv keeps to for
+    every project the resolution takes, and adds none."""
     import jinja2  # noqa: PLC0415 - heavy: never on a key hit
 
     env = jinja2.Environment(
@@ -69,13 +73,16 @@ def resolve_context(request: PythonRequest, *, ca_bundle: bool, nonce: str) -> B
     # The nonce makes every resolution a new step for BuildKit, whose cache would otherwise
     # answer the same requirements with the same (old) lock for ever.
     doc = {"only_binary": request.only_binary, "nonce": nonce}
-    files = (
+    files: tuple[ContextFile, ...] = (
         ContextFile("bake/tool-requirements.txt", source=TOOL_REQUIREMENTS),
         ContextFile("bake/resolve/resolve_step.py", source=RESOLVE_STEP),
         ContextFile("bake/resolve/requirements.in",
                     "".join(f"{r}\n" for r in request.requirements).encode()),
         ContextFile("bake/resolve/request.json", json.dumps(doc, sort_keys=True).encode()),
     )
+    if constraints:
+        files += (ContextFile("bake/resolve/constraints.txt",
+                              "".join(f"{line}\n" for line in constraints).encode()),)
     return BuildContext(dockerfile, files)
 
 

@@ -31,6 +31,7 @@ from functools import cached_property
 from typing import Any, Literal
 
 from ..job import ResolvedJob
+from ..lock.format import PythonLock
 
 __all__ = [
     "STACK_FORMAT",
@@ -42,6 +43,7 @@ __all__ = [
     "Wheel",
     "choose",
     "need_of",
+    "preferred_pins",
     "sdists_of",
     "stacks_mode",
     "variant_may_fit",
@@ -200,6 +202,31 @@ def choose(need: Need, candidates: Iterable[Stack], mode: StacksMode) -> Choice:
     return Choice(best, rest, considered=len(seen),
                   reason=f"built on {best.describe()}: it holds {len(best.held.wheels)} of "
                   f"{len(everything)} wheels, {len(rest)} installed on it")
+
+
+def preferred_pins(lock: PythonLock,
+                   variants: Iterable[tuple[str, PythonLock]]) -> tuple[str, PythonLock] | None:
+    """The prebaked variant whose versions a resolution should keep to, if any.  Pure.
+
+    A variant's stack fits a job only when the job's lock holds every wheel of it, byte for
+    byte; a job that leaves a dependency unpinned (``torch`` pulls a dozen) locks the newest
+    release of it, which a stack baked a week earlier lacks, and builds on the base.  The
+    variant returned holds only projects ``lock`` holds, some at other files: resolving
+    again with its pins as constraints may make it fit.  The largest such variant (the
+    most wheels, then the lowest name); None when every one already fits or none could.
+    """
+    held = {d.name: d.sha256 for d in lock.distributions}
+    best: tuple[tuple[int, str], tuple[str, PythonLock]] | None = None
+    for name, variant in variants:
+        wheels = variant.distributions
+        if (not wheels or variant.target != lock.target
+                or any(d.name not in held or not d.is_wheel for d in wheels)
+                or all(held[d.name] == d.sha256 for d in wheels)):
+            continue
+        rank = (-len(wheels), name)
+        if best is None or rank < best[0]:
+            best = (rank, (name, variant))
+    return None if best is None else best[1]
 
 
 def variant_may_fit(requirements: Iterable[str], need: Need) -> bool:

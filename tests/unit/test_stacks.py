@@ -3,6 +3,7 @@ and the wheelhouse plan.  Pure: no engine, no network."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bake.stacks.choice import Held, Need, Stack, Wheel, choose
+from bake.lock.format import PythonLock, Target
+from bake.stacks.choice import Held, Need, Stack, Wheel, choose, preferred_pins
 from bake.stacks.labels import (
     MAX_STACK_LABEL,
     PARENT,
@@ -29,6 +31,7 @@ from bake.stacks.wheelhouse import (
     install_requirements,
     valid_wheel,
 )
+from tests.unit.helpers import TARGET, fake_dist
 
 BASE = "sha256:" + "b" * 64
 OTHER_BASE = "sha256:" + "c" * 64
@@ -245,3 +248,27 @@ def test_a_variant_is_looked_up_only_when_its_pins_meet_the_lock() -> None:
     assert not variant_may_fit([], job) and not variant_may_fit(["not a requirement!"], job)
     assert [stacks_mode(v) for v in ("variants", "images", "none", "?")] == [
         "variants", "images", "none", "none"]
+
+
+def _plock(*pins: str, target: Target = TARGET) -> PythonLock:
+    return PythonLock(target, tuple(sorted((fake_dist(p) for p in pins), key=lambda d: d.name)))
+
+
+def test_a_variant_the_lock_misses_only_by_versions_is_preferred() -> None:
+    job = _plock("alpha==1.1", "beta==1.0", "gamma==1.0")
+    ab = _plock("alpha==1.0", "beta==1.0")
+    a = _plock("alpha==1.0")
+    # The largest variant whose projects the lock all holds, some at other files.
+    assert preferred_pins(job, [("t/a", a), ("t/ab", ab)]) == ("t/ab", ab)
+    # None when it fits already (nothing to gain), ...
+    assert preferred_pins(_plock("alpha==1.0", "beta==1.0", "gamma==1.0"),
+                          [("t/ab", ab)]) is None
+    # ... when it holds a project the lock does not (it could never be the job's stack), ...
+    assert preferred_pins(job, [("t/ad", _plock("alpha==1.0", "delta==1.0"))]) is None
+    # ... or when it was locked for another interpreter.
+    other = dataclasses.replace(TARGET, python="3.12.1", abi="cp312")
+    assert preferred_pins(job, [("t/ab", _plock("alpha==1.0", "beta==1.0", target=other))]) is None
+    # Ties: the lower name, whatever the order.
+    ab2 = _plock("alpha==1.0", "gamma==1.0")
+    assert preferred_pins(job, [("t/z", ab2), ("t/ab", ab)])[0] == "t/ab"
+    assert preferred_pins(job, [("t/ab", ab), ("t/z", ab2)])[0] == "t/ab"

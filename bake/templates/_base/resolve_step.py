@@ -6,6 +6,7 @@ made from), so the resolution is for exactly that Python and platform.  Standard
 Python >= 3.8.  Reads (never from argv)::
 
     /tmp/bake/resolve/requirements.in    the job's requirements, one PEP 508 line each
+    /tmp/bake/resolve/constraints.txt    when present: versions to keep to (a stack's pins)
     /tmp/bake/resolve/request.json       {"only_binary": bool, "nonce": "..."}
     /run/secrets/bake_index              the index URL (no credentials); absent: the default
     /run/secrets/bake_ca                 an extra CA bundle, when the seller set one
@@ -33,6 +34,7 @@ import time
 UV = "/opt/bake/tool/bin/uv"
 REQUEST = "/tmp/bake/resolve/request.json"
 REQUIREMENTS = "/tmp/bake/resolve/requirements.in"
+CONSTRAINTS = "/tmp/bake/resolve/constraints.txt"
 INDEX_FILE = "/run/secrets/bake_index"
 CA_FILE = "/run/secrets/bake_ca"
 OUT = "/out"
@@ -142,6 +144,8 @@ def main() -> int:
         env["SSL_CERT_FILE"] = CA_FILE
     if request.get("only_binary", True):
         argv += ["--only-binary", ":all:"]
+    if os.path.isfile(CONSTRAINTS):
+        argv += ["--constraints", CONSTRAINTS]
     proc = subprocess.run(argv, env=env, capture_output=True, text=True)
     output = proc.stderr.strip()
     if output:
