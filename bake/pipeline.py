@@ -370,27 +370,34 @@ def _variant_holds(found: Lookup, need: Need,
     (the resolver cache, else a resolution), for variants whose declared pins the job's
     lock meets and whose template makes the same deps layer."""
     cfg, job = found.settings, found.job
+    for template, variant in _stack_variants(cfg):
+        if template.recipe != job.template.recipe or not variant_may_fit(
+                variant.requirements, need):
+            continue
+        try:
+            spec = variant_spec(template, variant, base=job.base_ref)
+            locked = _lookup(spec, cfg, report, engine=found.engine)
+        except Interrupted:
+            raise
+        except BakeError:
+            yield f"{template.name}/{variant.name}", None
+            continue
+        if any(not d.is_wheel for d in locked.lock.distributions):
+            continue
+        yield f"{template.name}/{variant.name}", need_of(locked.job).held
+
+
+def _stack_variants(cfg: Settings) -> Iterator[tuple[Template, Variant]]:
+    """Every variant of the seller's templates that can be a stack (one without models);
+    a template that cannot be read is passed over."""
     for name in list_templates(cfg.build.templates):
         try:
             template = find_template(name, cfg.build.templates)
         except BakeError:
             continue
-        if template.recipe != job.template.recipe:
-            continue
         for variant in template.variants:
-            if variant.models or not variant_may_fit(variant.requirements, need):
-                continue
-            try:
-                spec = variant_spec(template, variant, base=job.base_ref)
-                locked = _lookup(spec, cfg, report, engine=found.engine)
-            except Interrupted:
-                raise
-            except BakeError:
-                yield f"{template.name}/{variant.name}", None
-                continue
-            if any(not d.is_wheel for d in locked.lock.distributions):
-                continue
-            yield f"{template.name}/{variant.name}", need_of(locked.job).held
+            if not variant.models:
+                yield template, variant
 
 
 def _pull_stack(found: Lookup, choice: Choice, stack: Stack, registry: Registry | None,
@@ -690,15 +697,13 @@ def resolve_requirements(request: PythonRequest, cfg: Settings, engine: Engine,
     first.  Only variants this machine has locked are asked (the resolver cache: prebake
     and every build that looked for a stack locked them), and only with stacks on.
     """
+    cli = find_cli(cfg.build.docker_cli, cfg.env.docker_config)
+    gateway = None if cfg.no_network else engine.bridge_gateway()
+
     def resolve(constraints: tuple[str, ...] = ()) -> PythonLock:
-        plan = plan_resolve(
-            request, cfg,
-            cli=find_cli(cfg.build.docker_cli, cfg.env.docker_config),
-            gateway=None if cfg.no_network else engine.bridge_gateway(),
-            engine_env=engine.address.cli_env(),
-            nonce=uuid.uuid4().hex,
-            constraints=constraints,
-        )
+        plan = plan_resolve(request, cfg, cli=cli, gateway=gateway,
+                            engine_env=engine.address.cli_env(), nonce=uuid.uuid4().hex,
+                            constraints=constraints)
         return execute_resolve(plan, engine, report)
 
     lock = resolve()
@@ -726,27 +731,22 @@ def _variant_locks(request: PythonRequest, cfg: Settings) -> Iterator[tuple[str,
     """Each prebaked variant's lock on the request's base and index, as this machine last
     locked it (the resolver cache, fresh or not: a preference, not an answer)."""
     store = resolver_cache()
-    for name in list_templates(cfg.build.templates):
+    for template, variant in _stack_variants(cfg):
         try:
-            template = find_template(name, cfg.build.templates)
+            spec = variant_spec(template, variant)
         except BakeError:
             continue
-        for variant in template.variants:
-            try:
-                spec = variant_spec(template, variant)
-            except BakeError:
-                continue
-            if variant.models or not spec.requirements or spec.only_binary != request.only_binary:
-                continue
-            asked = dataclasses.replace(request, requirements=spec.requirements)
-            entry = store.get(asked.cache_key())
-            if entry is None:
-                continue
-            try:
-                held = python_from_doc(entry.value, only_binary=spec.only_binary)
-            except BakeError:
-                continue
-            yield f"{template.name}/{variant.name}", held
+        if not spec.requirements or spec.only_binary != request.only_binary:
+            continue
+        asked = dataclasses.replace(request, requirements=spec.requirements)
+        entry = store.get(asked.cache_key())
+        if entry is None:
+            continue
+        try:
+            held = python_from_doc(entry.value, only_binary=spec.only_binary)
+        except BakeError:
+            continue
+        yield f"{template.name}/{variant.name}", held
 
 
 def _resolvers(cfg: Settings, engine: Engine, report: Reporter) -> Resolvers:
