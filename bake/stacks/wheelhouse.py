@@ -72,9 +72,10 @@ DOWNLOAD_MOUNT = f"--mount=type=cache,id={CACHE_ID},target={MOUNT},sharing=share
 INSTALL_MOUNT = f"--mount=type=cache,id={CACHE_ID},target={MOUNT},readonly"
 #: Where the job's own step fetches its sdists to (a tmpfs: never shared, never kept).
 SDISTS = "/tmp/bake/sdists"
-#: The file bake's download step leaves in its stage: "<sha256> <file>" per wheel, sorted.
-#: The install step mounts it, so BuildKit runs the download first; its content is the same
-#: for the same wheels, so the install step's cache is not broken by the download's re-run.
+#: The file bake's download step leaves in its stage: "<sha256> <file>" per wheel, sorted;
+#: the install lists (:data:`INSTALL_PART`) go beside it.  The install steps mount those,
+#: so BuildKit runs the download first; they are the same for the same wheels, so the
+#: install steps' cache is not broken by the download's re-run.
 FETCHED = "/bake/wheelhouse.txt"
 #: The build arg that makes the download step run on every build.
 NONCE_ARG = "BAKE_WHEELHOUSE_NONCE"

@@ -26,9 +26,9 @@ place only when its digest is the locked one; a file once in place is replaced o
 One line per fetched file says what was fetched and its digest (``bake-install: fetched
 FILE sha256:... N bytes from HOST``), so that the build's log can be reconciled with its
 lock and its egress log; a mismatch fails the step naming the file, the expected and the
-received digest.  OUT gets one "<sha256> <file>" line per listed file: the same bytes for
-the same files, so that the install step, which mounts it, stays cached when this step
-runs again.
+received digest.  OUT gets one "<sha256> <file>" line per listed file (what is in place),
+and the install lists below go beside it: the same bytes for the same files, so that the
+install steps, which mount those lists, stay cached when this step runs again.
 
 With REQUIREMENTS (the install step's list: lines that name a wheel by its sha256) and
 PARTS (a number, at least 1), it also writes ``install-<i>.txt`` beside OUT for each of the
